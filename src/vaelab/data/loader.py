@@ -1,0 +1,102 @@
+"""Batching by indexing into an in-memory uint8 tensor (on the model's device when there is one).
+
+No per-sample transforms and no worker processes: a batch is ``data[idx]`` plus one vectorised
+transform (binarize, dequantize, flip). Under DDP nothing is padded or repeated: training ranks
+take disjoint strides of a shared permutation, evaluation ranks take whole batches in turn.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+
+import torch
+from torch import Tensor
+
+BatchTransform = Callable[[Tensor, torch.Generator], Tensor]
+
+
+class IndexBatchLoader:
+    """An iterable of float batches ``transform(data[idx])``, idx from a (shuffled) permutation.
+
+    Args:
+        data: uint8 tensor (N, C, H, W), already on the target device.
+        batch_size: examples per batch (the last may be smaller unless ``drop_last``).
+        transform: ``(uint8 batch, generator) -> float batch``.
+        shuffle: reshuffle each epoch (seeded by ``seed`` and the epoch number).
+        drop_last: drop a last incomplete batch (training); keep it for evaluation.
+        seed: base seed for the order and for random transforms.
+        rank, world_size: this process's shard (strided, unpadded).
+        epoch_fn: returns the current epoch (so a resumed run keeps the epoch's order); if None
+            the loader counts its own passes.
+    """
+
+    def __init__(
+        self,
+        data: Tensor,
+        batch_size: int,
+        transform: BatchTransform,
+        shuffle: bool = False,
+        drop_last: bool = False,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        epoch_fn: Callable[[], int] | None = None,
+    ) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.data = data
+        self.batch_size = int(batch_size)
+        self.transform = transform
+        self.shuffle = shuffle
+        self.drop_last = drop_last
+        self.seed = int(seed)
+        self.rank = int(rank)
+        self.world_size = int(world_size)
+        self.epoch = 0
+        self.epoch_fn = epoch_fn
+        self.generator = torch.Generator(device=data.device)
+
+    def __len__(self) -> int:
+        if not self.shuffle:
+            return len(range(self.rank, self.num_batches_total, self.world_size))
+        n = len(range(self.rank, self.data.shape[0], self.world_size))
+        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __iter__(self) -> Iterator[Tensor]:
+        n = self.data.shape[0]
+        epoch = self.epoch_fn() if self.epoch_fn is not None else self.epoch
+        self.epoch += 1
+        if self.shuffle:
+            # Training: the same permutation on every rank (seed + epoch), then a disjoint stride
+            # of examples per rank.
+            g = torch.Generator().manual_seed(self.seed + epoch)
+            order = torch.randperm(n, generator=g).to(self.data.device)[
+                self.rank :: self.world_size
+            ]
+            self.generator.manual_seed(self.seed + 7919 * (self.rank + 1) + 104729 * epoch)
+            for i in range(len(self)):
+                idx = order[i * self.batch_size : (i + 1) * self.batch_size]
+                yield self.transform(self.data[idx], self.generator)
+            return
+        # Evaluation: whole batches are dealt to ranks (batch b goes to rank b % world_size), and
+        # each batch's noise is seeded by its global index, so every example is seen exactly once
+        # and gets the same batch-mates and noise whatever the number of processes.
+        for b in range(self.rank, self.num_batches_total, self.world_size):
+            self.generator.manual_seed(self.seed + 7919 * (b + 1))
+            yield self.transform(
+                self.data[b * self.batch_size : (b + 1) * self.batch_size], self.generator
+            )
+
+    @property
+    def num_batches_total(self) -> int:
+        """Evaluation batches over all ranks."""
+        return math.ceil(self.data.shape[0] / self.batch_size)
+
+
+def global_batch_index(batch_idx: int, rank: int, world_size: int) -> int:
+    """Index of an evaluation batch over all ranks (see ``IndexBatchLoader.__iter__``)."""
+    return batch_idx * world_size + rank

@@ -1,0 +1,41 @@
+"""Vectorised batch transforms from uint8 images to model inputs (all on the batch's device)."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def to_unit(x: Tensor) -> Tensor:
+    """uint8 -> float in [0, 1] (``x / 255``)."""
+    return x.float().div_(255.0)
+
+
+def dequantize(x: Tensor, g: torch.Generator) -> Tensor:
+    """Uniform dequantization: ``(x + u) / 256`` with ``u ~ U[0, 1)``, in [0, 1).
+
+    A continuous density on this y gives bits/dim in pixel space via ``bits_per_dim(...,"pixels")``.
+    """
+    u = torch.rand(x.shape, generator=g, device=x.device)
+    return (x.float() + u).div_(256.0)
+
+
+def center(x: Tensor) -> Tensor:
+    """No noise: the bin centres ``(x + 0.5) / 256`` (deterministic evaluation of a density)."""
+    return (x.float() + 0.5).div_(256.0)
+
+
+def dynamic_binarize(x: Tensor, g: torch.Generator) -> Tensor:
+    """A fresh Bernoulli(x / 255) draw every time the batch is seen."""
+    return torch.bernoulli(to_unit(x), generator=g)
+
+
+def threshold_binarize(x: Tensor) -> Tensor:
+    """``x / 255 > 0.5``."""
+    return (x > 127).float()
+
+
+def hflip(x: Tensor, g: torch.Generator, p: float = 0.5) -> Tensor:
+    """Flip each image left-right with probability ``p`` (random horizontal flips, CIFAR-10)."""
+    flip = torch.rand(x.shape[0], generator=g, device=x.device) < p
+    return torch.where(flip[:, None, None, None], x.flip(-1), x)

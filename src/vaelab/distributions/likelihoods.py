@@ -1,0 +1,125 @@
+"""Likelihoods p(x | z): a decoder network plus an output distribution over the data shape."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.distributions import Bernoulli, Distribution, Independent, Normal
+
+
+class IndependentBernoulli(Independent):
+    """``Independent(Bernoulli(logits), n)`` with a fused ``log_prob``.
+
+    ``log p(x) = sum_d x_d l_d - sum_d softplus(l_d)``: the same value as torch's
+    (``-binary_cross_entropy_with_logits`` summed), computed in float32 with one product-sum and one
+    softplus pass. The L_5000 evaluation spends most of its time here (784 pixels for each of
+    5e7 samples); this form is about 4x faster on CPU. Everything else is torch's ``Independent``.
+    """
+
+    def log_prob(self, value: Tensor) -> Tensor:
+        n = self.reinterpreted_batch_ndims
+        logits = self.base_dist.logits.float().flatten(-n)  # (…, D)
+        value = value.to(logits.dtype).flatten(-n)  # (…, D), broadcasts against logits
+        return torch.einsum("...d,...d->...", logits, value) - F.softplus(logits).sum(-1)
+
+
+class Likelihood(nn.Module):
+    """Base: ``forward(z) -> Distribution`` with event shape ``data_shape``.
+
+    ``data_kinds`` lists what data the likelihood can model (``"binary"``, ``"pixels"``).
+    """
+
+    data_kinds: tuple[str, ...] = ("binary", "pixels")
+
+    def __init__(self, net: nn.Module, data_shape: tuple[int, ...] | list[int]) -> None:
+        super().__init__()
+        self.net = net
+        self.data_shape = tuple(int(s) for s in data_shape)
+
+    def check_data(self, data_kind: str) -> None:
+        if data_kind not in self.data_kinds:
+            raise ValueError(
+                f"{type(self).__name__} cannot model {data_kind!r} data (it models "
+                f"{' or '.join(self.data_kinds)} data). " + self._fix_hint()
+            )
+
+    def _fix_hint(self) -> str:
+        return ""
+
+    def forward(self, z: Tensor) -> Distribution:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def mean(self, z: Tensor) -> Tensor:
+        """The mean of p(x|z) (used for reconstructions and sample grids)."""
+        return self(z).mean
+
+
+class BernoulliLikelihood(Likelihood):
+    """Independent Bernoulli pixels with logits from ``net(z)``: for binary data only."""
+
+    data_kinds = ("binary",)
+
+    def _fix_hint(self) -> str:
+        return (
+            "Use data=binarized_mnist for a Bernoulli decoder, or model.decoder=gaussian "
+            "for 8-bit pixel data."
+        )
+
+    def forward(self, z: Tensor) -> Independent:
+        logits = self.net(z).float()  # (…, C, H, W); float32 even under autocast
+        return IndependentBernoulli(
+            Bernoulli(logits=logits, validate_args=False), len(self.data_shape), validate_args=False
+        )
+
+    @staticmethod
+    def check_values(x: Tensor) -> None:
+        """Raise if ``x`` holds values other than 0 and 1."""
+        bad = (x != 0) & (x != 1)
+        if bool(bad.any()):
+            v = x[bad].flatten()[:3].tolist()
+            raise ValueError(
+                f"BernoulliLikelihood needs binary data in {{0, 1}}, but the batch holds values "
+                f"such as {v}. Use data=binarized_mnist (binarize: dynamic|static|threshold), or a "
+                "Gaussian likelihood for 8-bit pixel data."
+            )
+
+
+class GaussianLikelihood(Likelihood):
+    """Independent Gaussian pixels: mean from ``net(z)``, standard deviation fixed or learned.
+
+    Args:
+        net: decoder network mapping z to ``data_shape``.
+        data_shape: (C, H, W).
+        std: the fixed standard deviation, or the initial one if ``learn_std``.
+        learn_std: learn one log-std per sub-pixel (shared across examples).
+    """
+
+    def __init__(
+        self,
+        net: nn.Module,
+        data_shape: tuple[int, ...] | list[int],
+        std: float = 0.1,
+        learn_std: bool = True,
+        min_std: float = 1e-3,
+    ) -> None:
+        super().__init__(net, data_shape)
+        if std <= 0:
+            raise ValueError(f"std must be > 0, got {std}")
+        init = torch.full(self.data_shape, math.log(std))
+        if learn_std:
+            self.log_std = nn.Parameter(init)
+        else:
+            self.register_buffer("log_std", init)
+        self.min_std = float(min_std)
+
+    def forward(self, z: Tensor) -> Independent:
+        mean = self.net(z).float()  # (…, C, H, W); float32 even under autocast
+        std = self.log_std.exp() + self.min_std
+        return Independent(
+            Normal(mean, std.expand_as(mean), validate_args=False),
+            len(self.data_shape),
+            validate_args=False,
+        )

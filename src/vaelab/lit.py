@@ -1,0 +1,220 @@
+"""The one LightningModule: trains and evaluates any ``GenerativeModel``.
+
+Nothing here is model-specific. The model returns ``Terms``; this module logs every term as
+``{stage}/{name}`` (batch means in training, exact dataset means at validation and test),
+adds ``{stage}/nll`` (``-L_k`` with ``k = val_num_samples`` or ``test_num_samples``) and
+``{stage}/bpd`` (bits per dimension in pixel space), and stops on a non-finite loss or gradient.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import lightning as L
+import torch
+from torch import Tensor
+from torchmetrics import MeanMetric
+
+from vaelab.data.loader import global_batch_index
+from vaelab.models.base import GenerativeModel
+from vaelab.objectives import bits_per_dim
+
+OptimizerFactory = Callable[[Iterable[torch.nn.Parameter]], torch.optim.Optimizer]
+SchedulerFactory = Callable[[torch.optim.Optimizer], Any]
+
+
+class NonFiniteError(FloatingPointError):
+    """Training produced a NaN or infinite loss or gradient; training stops, checkpoints are kept."""
+
+
+class GenerativeModule(L.LightningModule):
+    """Lightning wrapper around a ``GenerativeModel``.
+
+    Args:
+        model: the generative model.
+        optimizer: a partial optimizer (``_partial_: true`` in config), called with the parameters.
+        scheduler: optional partial LR scheduler, called with the optimizer.
+        scheduler_interval: ``epoch`` or ``step``.
+        val_num_samples: k for ``val/nll`` (``L_k``); 0 skips it.
+        test_num_samples: k for ``test/nll`` (default 5000, the IWAE protocol).
+        data_kind: ``binary`` or ``pixels``; read from the DataModule's ``info`` when there is one.
+        eval_seed: seed of the evaluation noise (each batch seeded by its global index, so results
+            do not depend on the number of processes).
+        active_units: compute active units per latent layer at test time (latent models only).
+        check_grads: stop on a non-finite gradient before the optimizer step (costs one norm per
+            parameter tensor per step).
+    """
+
+    def __init__(
+        self,
+        model: GenerativeModel,
+        optimizer: OptimizerFactory | None = None,
+        scheduler: SchedulerFactory | None = None,
+        scheduler_interval: str = "epoch",
+        val_num_samples: int = 100,
+        test_num_samples: int = 5000,
+        data_kind: str | None = None,
+        eval_seed: int = 1234,
+        active_units: bool = True,
+        check_grads: bool = True,
+    ) -> None:
+        super().__init__()
+        self.model = model
+        self.optimizer_factory = optimizer or functools.partial(torch.optim.Adam, lr=1e-3)
+        self.scheduler_factory = scheduler
+        if scheduler_interval not in ("epoch", "step"):
+            raise ValueError(
+                f"scheduler_interval must be 'epoch' or 'step', got {scheduler_interval!r}"
+            )
+        self.scheduler_interval = scheduler_interval
+        self.val_num_samples = int(val_num_samples)
+        self.test_num_samples = int(test_num_samples)
+        self.data_kind = data_kind
+        self.eval_seed = int(eval_seed)
+        self.active_units = bool(active_units)
+        self.check_grads = bool(check_grads)
+        self.run_config: dict[str, Any] | None = None  # set by vaelab.train; saved in checkpoints
+        self._metrics: dict[str, MeanMetric] = {}
+        self._au_stats: dict[str, list[Tensor]] = {}
+
+    # -- setup ---------------------------------------------------------------------------------
+    def setup(self, stage: str) -> None:
+        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        info = getattr(dm, "info", None)
+        if info is not None:
+            self.data_kind = info.kind
+        if self.data_kind is not None:
+            self.model.check_data(self.data_kind)
+
+    def configure_optimizers(self) -> Any:
+        opt = self.optimizer_factory(self.model.parameters())
+        if self.scheduler_factory is None:
+            return opt
+        sched = self.scheduler_factory(opt)
+        return {
+            "optimizer": opt,
+            "lr_scheduler": {"scheduler": sched, "interval": self.scheduler_interval},
+        }
+
+    # -- training ------------------------------------------------------------------------------
+    def training_step(self, x: Tensor, batch_idx: int) -> Tensor:
+        self.model.set_training_step(self.global_step)
+        terms = self.model(x)
+        loss = terms.loss
+        if not torch.isfinite(loss):
+            self._stop(f"training loss is {loss.item()}")
+        # Logged on the Trainer's logging steps only: self.log costs ~0.1 ms a call, which is a
+        # measurable share of a small model's step (benchmarks/epoch_speed.py).
+        if self.global_step % max(1, self.trainer.log_every_n_steps) == 0:
+            self.log("train/loss", loss.detach(), prog_bar=True)
+            for name, value in terms.items().items():
+                self.log(f"train/{name}", value.detach().float().mean())
+            self.log("train/bpd", self._bpd(-terms.elbo.detach().float()).mean())
+        return loss
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        if not self.check_grads:
+            return
+        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+        if not grads:
+            return
+        norm = torch.nn.utils.get_total_norm(grads)  # one foreach kernel
+        if not torch.isfinite(norm):
+            self._stop(f"gradient norm is {norm.item()}")
+
+    def _stop(self, what: str) -> None:
+        last = ""
+        ckpt = getattr(self.trainer, "checkpoint_callback", None)
+        if ckpt is not None and getattr(ckpt, "last_model_path", ""):
+            last = f" The last good checkpoint is kept: {ckpt.last_model_path}."
+        raise NonFiniteError(
+            f"{what} at global step {self.global_step} (epoch {self.current_epoch}); training "
+            f"stopped before the optimizer step, so no weights were changed.{last} Lower the learning "
+            "rate, enable gradient clipping (trainer.gradient_clip_val=...), or check the data."
+        )
+
+    # -- evaluation ----------------------------------------------------------------------------
+    def validation_step(self, x: Tensor, batch_idx: int) -> None:
+        self._eval_step(x, batch_idx, "val", self.val_num_samples)
+
+    def test_step(self, x: Tensor, batch_idx: int) -> None:
+        self._eval_step(x, batch_idx, "test", self.test_num_samples)
+
+    def _eval_step(self, x: Tensor, batch_idx: int, stage: str, num_samples: int) -> None:
+        # Seed each batch by its global index: same noise whatever the number of processes,
+        # without disturbing the training RNG stream.
+        b = global_batch_index(batch_idx, self.global_rank, self.trainer.world_size)
+        devices = [x.device] if x.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(self.eval_seed + 1_000_003 * b)
+            terms = self.model(x)
+            for name, value in terms.items().items():
+                self._update(f"{stage}/{name}", value)
+            self._update(f"{stage}/loss", terms.loss.expand(x.shape[0]))
+            if num_samples > 0:
+                nll = -self.model.log_likelihood(x, num_samples).float()
+                self._update(f"{stage}/nll", nll)
+                self._update(f"{stage}/bpd", self._bpd(nll))
+            if stage == "test" and self.active_units and hasattr(self.model, "posterior_means"):
+                self._accumulate_active_units(self.model.posterior_means(x))
+
+    def _update(self, name: str, value: Tensor) -> None:
+        metric = self._metrics.get(name)
+        if metric is None:
+            # nan_strategy="disable": a NaN is reported as NaN, never averaged away.
+            metric = MeanMetric(nan_strategy="disable").to(self.device)
+            self._metrics[name] = metric
+        metric.update(value.detach().float())
+
+    def _flush(self, stage: str) -> None:
+        for name in sorted(k for k in self._metrics if k.startswith(f"{stage}/")):
+            metric = self._metrics.pop(name)
+            value = metric.compute()  # reduced over all processes: sum of values / sum of counts
+            self.log(name, value, prog_bar=name == f"{stage}/nll", sync_dist=False)
+
+    def on_validation_epoch_end(self) -> None:
+        self._flush("val")
+
+    def on_test_epoch_start(self) -> None:
+        self._au_stats = {}
+
+    def on_test_epoch_end(self) -> None:
+        self._flush("test")
+        if self._au_stats:
+            for layer, count in self._active_unit_counts().items():
+                self.log(f"test/active_units/{layer}", float(count), sync_dist=False)
+
+    def _accumulate_active_units(self, means: dict[str, Tensor]) -> None:
+        # Streaming Cov_x(E_q[u|x]) per unit: sums in float64, reduced over processes at the end.
+        for layer, mu in means.items():
+            mu = mu.detach().double().reshape(mu.shape[0], -1)
+            stats = self._au_stats.setdefault(
+                layer, [mu.new_zeros(()), mu.new_zeros(mu.shape[1]), mu.new_zeros(mu.shape[1])]
+            )
+            stats[0] += mu.shape[0]
+            stats[1] += mu.sum(0)
+            stats[2] += (mu * mu).sum(0)
+
+    def _active_unit_counts(self, threshold: float = 1e-2) -> dict[str, int]:
+        out = {}
+        for layer, (n, s, ss) in self._au_stats.items():
+            n, s, ss = (self.trainer.strategy.reduce(t, reduce_op="sum") for t in (n, s, ss))
+            var = ss / n - (s / n) ** 2
+            out[layer] = int((var > threshold).sum())
+        return out
+
+    def _bpd(self, nll: Tensor) -> Tensor:
+        return bits_per_dim(nll, self.model.num_dims, self.data_kind or "binary")
+
+    # -- checkpoints ---------------------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self.run_config is not None:
+            checkpoint["vaelab_config"] = self.run_config
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.run_config = checkpoint.get("vaelab_config", self.run_config)
+
+
+__all__ = ["GenerativeModule", "NonFiniteError"]

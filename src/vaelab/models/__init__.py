@@ -1,0 +1,6 @@
+"""GenerativeModel implementations."""
+
+from vaelab.models.base import GenerativeModel, Terms
+from vaelab.models.vae import VAE
+
+__all__ = ["VAE", "GenerativeModel", "Terms"]

@@ -1,0 +1,113 @@
+"""Run utilities: checkpoints, metrics.json, the end-of-run summary."""
+
+from __future__ import annotations
+
+import json
+import math
+import zipfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint is missing, corrupt, or not a vaelab checkpoint."""
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Load a checkpoint on the CPU, with errors that say what is wrong and what to do."""
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise CheckpointError(
+            f"checkpoint {p} does not exist; pass ckpt_path=<path to a .ckpt file>"
+        )
+    if not zipfile.is_zipfile(p):
+        raise CheckpointError(
+            f"checkpoint {p} is corrupt or truncated (not a torch zip archive, {p.stat().st_size} "
+            "bytes); use another checkpoint of the run, e.g. checkpoints/best-*.ckpt or last.ckpt"
+        )
+    try:
+        ckpt = torch.load(p, map_location="cpu", weights_only=False)
+    except Exception as err:
+        raise CheckpointError(
+            f"checkpoint {p} could not be read ({type(err).__name__}: {err}); it is corrupt or was "
+            "written by an incompatible version. Use another checkpoint of the run."
+        ) from err
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
+        raise CheckpointError(f"{p} is not a Lightning checkpoint (no state_dict)")
+    return ckpt
+
+
+def find_last_checkpoint(log_dir: str | Path, task_name: str) -> Path:
+    """The newest ``last.ckpt`` under ``log_dir/task_name`` (for ``ckpt_path=last``)."""
+    root = Path(log_dir) / task_name
+    found = sorted(root.glob("**/checkpoints/last*.ckpt"), key=lambda q: q.stat().st_mtime)
+    if not found:
+        raise CheckpointError(
+            f"ckpt_path=last: no last.ckpt under {root}/; train first, or pass an explicit path"
+        )
+    return found[-1]
+
+
+def to_float_dict(metrics: Mapping[str, Any]) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for k, v in metrics.items():
+        if isinstance(v, torch.Tensor):
+            if v.numel() != 1:
+                continue
+            v = v.item()
+        if isinstance(v, int | float):
+            out[k] = float(v)
+    return out
+
+
+def write_metrics(path: str | Path, metrics: Mapping[str, Any], **extra: Any) -> Path:
+    """Write ``metrics.json`` (NaN and inf kept as strings, so they are reported, not hidden)."""
+
+    def clean(v: Any) -> Any:
+        if isinstance(v, float) and not math.isfinite(v):
+            return str(v)
+        return v
+
+    data = {k: clean(v) for k, v in sorted(metrics.items())}
+    data.update({k: clean(v) for k, v in extra.items()})
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_text(json.dumps(data, indent=2) + "\n")
+    return p
+
+
+def print_summary(title: str, metrics: Mapping[str, float], where: Mapping[str, str]) -> None:
+    """A short table of the main figures (with units) and where the run's files are."""
+    from rich.console import Console
+    from rich.table import Table
+
+    units = {
+        "nll": "nats/image",
+        "bpd": "bits/dim",
+        "elbo": "nats/image",
+        "rate": "nats/image",
+        "distortion": "nats/image",
+        "loss": "",
+        "active_units": "units",
+    }
+    table = Table(title=title, show_lines=False)
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    table.add_column("unit")
+    for k in sorted(metrics):
+        stage, _, name = k.partition("/")
+        if stage not in ("val", "test") or name.startswith("iwae_bound"):
+            continue
+        base = name.split("/")[0]
+        table.add_row(
+            k,
+            f"{metrics[k]:.4f}" if base != "active_units" else f"{metrics[k]:.0f}",
+            units.get(base, "nats/image"),
+        )
+    console = Console()
+    console.print(table)
+    for k, v in where.items():
+        console.print(f"[bold]{k}[/bold]: {v}")
