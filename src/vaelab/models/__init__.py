@@ -1,6 +1,7 @@
 """GenerativeModel implementations."""
 
 from vaelab.models.base import GenerativeModel, Terms
+from vaelab.models.hvae import HierarchicalVAE
 from vaelab.models.vae import VAE
 
-__all__ = ["VAE", "GenerativeModel", "Terms"]
+__all__ = ["VAE", "GenerativeModel", "HierarchicalVAE", "Terms"]
