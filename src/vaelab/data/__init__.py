@@ -11,3 +11,7 @@ __all__ = [
     "MNISTDataModule",
     "TensorImageDataModule",
 ]
+
+from vaelab.data.cifar10 import CIFAR10DataModule
+
+__all__ += ["CIFAR10DataModule"]

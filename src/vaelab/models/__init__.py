@@ -5,3 +5,7 @@ from vaelab.models.hvae import HierarchicalVAE
 from vaelab.models.vae import VAE
 
 __all__ = ["VAE", "GenerativeModel", "HierarchicalVAE", "Terms"]
+
+from vaelab.models.realnvp import FlowModel, RealNVP, RealNVPMLP
+
+__all__ += ["FlowModel", "RealNVP", "RealNVPMLP"]

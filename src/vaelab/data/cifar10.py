@@ -1,0 +1,155 @@
+"""CIFAR-10 as dequantized 8-bit pixels (``data=cifar10``), from the official python pickles.
+
+The official ``cifar-10-batches-py`` folder holds ``data_batch_1`` ... ``data_batch_5`` (10,000 images
+each) and ``test_batch``: pickled dicts with ``b"data"`` uint8 ``(N, 3072)`` (the red, green and blue
+32x32 planes in turn) and ``b"labels"``. They are decoded once to a uint8 ``(N, 3, 32, 32)`` tensor.
+"""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from vaelab.data import transforms as T
+from vaelab.data.base import TensorImageDataModule
+from vaelab.data.mnist import DatasetNotFoundError
+
+CIFAR10_FOLDER = "cifar-10-batches-py"
+TRAIN_FILES = tuple(f"data_batch_{i}" for i in range(1, 6))
+TEST_FILES = ("test_batch",)
+CIFAR10_FILES = TRAIN_FILES + TEST_FILES
+
+
+def _batches_dir(data_dir: str) -> Path:
+    return Path(data_dir).expanduser() / CIFAR10_FOLDER
+
+
+def _have_files(data_dir: str) -> bool:
+    folder = _batches_dir(data_dir)
+    return all((folder / f).is_file() for f in CIFAR10_FILES)
+
+
+def ensure_cifar10(data_dir: str, download: bool = True) -> None:
+    """Make sure the six CIFAR-10 pickles are under ``data_dir/cifar-10-batches-py``; try
+    torchvision's download when they are missing.
+
+    Raises:
+        DatasetNotFoundError: naming the folder, the six files and how to supply them.
+    """
+    if _have_files(data_dir):
+        return
+    reason = "download disabled (download=false)"
+    if download:
+        try:
+            from torchvision.datasets import CIFAR10
+
+            CIFAR10(str(Path(data_dir).expanduser()), train=True, download=True)
+            if _have_files(data_dir):
+                return
+            reason = "torchvision's download finished but the files are still missing"
+        except Exception as err:  # network errors come in many types
+            reason = f"torchvision's download failed: {type(err).__name__}: {err}"
+    folder = _batches_dir(data_dir)
+    raise DatasetNotFoundError(
+        f"CIFAR-10 not found in {folder}/ ({reason}).\n"
+        f"Expected the official python-version pickles there: {', '.join(CIFAR10_FILES)} "
+        "(unpack cifar-10-python.tar.gz from https://www.cs.toronto.edu/~kriz/cifar.html).\n"
+        f"Supply them by copying that folder into {Path(data_dir).expanduser()}/, or point vaelab "
+        f"at a folder that holds {CIFAR10_FOLDER}/: set VAELAB_DATA_DIR=/path/to/data or pass "
+        "paths.data_dir=/path/to/data."
+    )
+
+
+def _load_batch(path: Path) -> tuple[Tensor, Tensor]:
+    with path.open("rb") as f:
+        d = pickle.load(f, encoding="bytes")
+    try:
+        data, labels = d[b"data"], d[b"labels"]
+    except KeyError as err:
+        raise ValueError(f"{path}: not a CIFAR-10 batch (missing key {err.args[0]!r})") from None
+    x = torch.as_tensor(data, dtype=torch.uint8)
+    if x.dim() != 2 or x.shape[1] != 3 * 32 * 32:
+        raise ValueError(f"{path}: expected data of shape (N, 3072), got {tuple(x.shape)}")
+    y = torch.as_tensor(labels, dtype=torch.long)
+    if y.shape != (x.shape[0],):
+        raise ValueError(f"{path}: {x.shape[0]} images but {y.numel()} labels")
+    return x.reshape(-1, 3, 32, 32), y
+
+
+def read_cifar10(data_dir: str, train: bool) -> tuple[Tensor, Tensor]:
+    """uint8 images ``(N, 3, 32, 32)`` and int64 labels ``(N,)`` of the training or test split."""
+    folder = _batches_dir(data_dir)
+    parts = [_load_batch(folder / f) for f in (TRAIN_FILES if train else TEST_FILES)]
+    return torch.cat([p[0] for p in parts]).contiguous(), torch.cat([p[1] for p in parts])
+
+
+class CIFAR10DataModule(TensorImageDataModule):
+    """CIFAR-10, 50,000 training (minus ``val_size`` held out) and 10,000 test images, 3x32x32.
+
+    Training batches are randomly flipped left-right (as in RealNVP) and dequantized,
+    ``(x + u) / 256``; validation and test batches are dequantized with fixed seeded noise and not
+    flipped.
+
+    Args:
+        flip: random horizontal flips of training images.
+        dequantize: ``(x + u)/256`` with u ~ U[0,1); if False, ``x / 255`` (then bits/dim is not a
+            bound on a discrete likelihood).
+        download: try torchvision's download when the files are missing.
+        (others: see ``TensorImageDataModule``)
+    """
+
+    shape = (3, 32, 32)
+    kind = "pixels"
+
+    def __init__(
+        self,
+        data_dir: str,
+        flip: bool = True,
+        dequantize: bool = True,
+        download: bool = True,
+        batch_size: int = 64,
+        eval_batch_size: int = 500,
+        val_size: int = 5000,
+        seed: int = 0,
+        split_seed: int = 0,
+        on_device: bool = True,
+    ) -> None:
+        super().__init__(
+            data_dir, batch_size, eval_batch_size, val_size, seed, split_seed, on_device
+        )
+        self.flip = bool(flip)
+        self.dequantize = bool(dequantize)
+        self.download = bool(download)
+
+    def prepare_data(self) -> None:
+        ensure_cifar10(self.data_dir, self.download)
+
+    def load_split(self, train: bool) -> Tensor:
+        ensure_cifar10(self.data_dir, self.download)
+        return read_cifar10(self.data_dir, train)[0]
+
+    def train_transform(self, x: Tensor, g: torch.Generator) -> Tensor:
+        if self.flip:
+            x = T.hflip(x, g)
+        return self._fixed(x, g)
+
+    def eval_transform(self, x: Tensor, g: torch.Generator) -> Tensor:
+        return self._fixed(x, g)
+
+    def _fixed(self, x: Tensor, g: torch.Generator) -> Tensor:
+        return T.dequantize(x, g) if self.dequantize else T.to_unit(x)
+
+    def labels(self, split: str = "test") -> Tensor:
+        """Class labels aligned with ``splits[split]``."""
+        if split == "test":
+            return read_cifar10(self.data_dir, train=False)[1]
+        y = read_cifar10(self.data_dir, train=True)[1]
+        perm = torch.randperm(y.shape[0], generator=torch.Generator().manual_seed(self.split_seed))
+        val_idx, train_idx = (
+            perm[: self.val_size].sort().values,
+            perm[self.val_size :].sort().values,
+        )
+        return y[val_idx] if split == "val" else y[train_idx]
