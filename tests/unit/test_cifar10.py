@@ -114,6 +114,12 @@ def test_training_flips_are_random_per_image(fake_root: tuple[Path, dict[str, np
     torch.testing.assert_close(undeq.eval_transform(x[:2], torch.Generator()), x[:2].float() / 255)
 
 
+def test_config_shape_is_checked(tmp_path: Path) -> None:
+    CIFAR10DataModule(str(tmp_path), shape=[3, 32, 32])
+    with pytest.raises(ValueError, match=r"data\.shape"):
+        CIFAR10DataModule(str(tmp_path), shape=[1, 28, 28])
+
+
 def test_missing_files_raise_a_helpful_error(tmp_path: Path) -> None:
     dm = CIFAR10DataModule(str(tmp_path), download=False)
     with pytest.raises(DatasetNotFoundError) as info:

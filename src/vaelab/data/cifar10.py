@@ -8,6 +8,7 @@ each) and ``test_batch``: pickled dicts with ``b"data"`` uint8 ``(N, 3072)`` (th
 from __future__ import annotations
 
 import pickle
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -116,9 +117,10 @@ class CIFAR10DataModule(TensorImageDataModule):
         seed: int = 0,
         split_seed: int = 0,
         on_device: bool = True,
+        shape: Sequence[int] | None = None,
     ) -> None:
         super().__init__(
-            data_dir, batch_size, eval_batch_size, val_size, seed, split_seed, on_device
+            data_dir, batch_size, eval_batch_size, val_size, seed, split_seed, on_device, shape
         )
         self.flip = bool(flip)
         self.dequantize = bool(dequantize)

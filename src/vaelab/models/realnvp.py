@@ -119,19 +119,18 @@ class FlowModel(GenerativeModel):
             )
 
     def forward(self, x: Tensor) -> Terms:
-        """Terms for ``x`` (B, C, H, W) in [0, 1): ``loss`` = mean NLL (+ L2), exact ``elbo`` = log p.
+        """Terms for ``x`` (B, C, H, W) in [0, 1]: ``loss`` = mean NLL (+ L2), ``elbo`` = exact log p.
 
-        ``terms``: ``nll`` (= -log p), ``log_pz`` (base log-density of ``z``) and ``logdet``
-        (log|det dz/dy|, preprocessing included); all ``(B,)`` in nats.
+        ``terms``: ``log_pz`` (base log-density of ``z``) and ``logdet`` (log|det dz/dy|,
+        preprocessing included), with ``elbo = log_pz + logdet``; all ``(B,)`` in nats. (The
+        LightningModule adds ``nll`` and ``bpd`` from ``log_likelihood``.)
         """
         log_pz, logdet = self._parts(x)
         log_px = log_pz + logdet
         loss = -log_px.mean()
         if self.weight_norm_l2 > 0:
             loss = loss + self.weight_norm_l2 * self.l2_penalty()
-        return Terms(
-            loss=loss, elbo=log_px, terms={"nll": -log_px, "log_pz": log_pz, "logdet": logdet}
-        )
+        return Terms(loss=loss, elbo=log_px, terms={"log_pz": log_pz, "logdet": logdet})
 
     def log_likelihood(self, x: Tensor, num_samples: int = 1) -> Tensor:
         """Exact ``log p(x)`` in nats, ``(B,)``; ``num_samples`` is ignored (a flow needs no sampling).

@@ -1,0 +1,193 @@
+"""Training images/s of RealNVP through vaelab's Trainer against a bare PyTorch loop of the same model.
+
+Both loops train the model built from the same Hydra experiment on the same pre-loaded uint8 tensor,
+with the same batch size, the DataModule's own training transform (dequantization, flips), the
+same optimizer, gradient clipping and precision (autocast for the bare loop, ``trainer.precision``
+for vaelab); runs alternate (bare, vaelab, bare, ...) and the medians are compared as a ratio
+(vaelab seconds / bare seconds; the issue asks for <= 1.10).
+
+    python benchmarks/flow_speed.py                                    # realnvp_mnist, real MNIST
+    python benchmarks/flow_speed.py --experiment realnvp_cifar10 --train-images 640   # random data
+    python benchmarks/flow_speed.py --device cuda --precision bf16-mixed --train-images 20000
+    python benchmarks/flow_speed.py --experiment realnvp_mnist model=realnvp_mlp   # + overrides
+
+MNIST comes from ``--data-dir`` when present; CIFAR-10 (absent on most machines) is random 8-bit
+images: speed does not depend on the pixel values.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import lightning as L
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+from lightning.pytorch.callbacks import Callback
+
+from vaelab.config import config_dir
+from vaelab.train import build
+
+PRECISIONS = {"32-true": None, "bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
+
+
+class EpochTimer(Callback):
+    """Wall time of each training epoch (first batch to last, the Trainer's own overhead included)."""
+
+    def __init__(self) -> None:
+        self.times: list[float] = []
+
+    def on_train_epoch_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        self._t0 = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        if module.device.type == "cuda":
+            torch.cuda.synchronize()
+        self.times.append(time.perf_counter() - self._t0)
+
+
+def compose_cfg(args: argparse.Namespace, out: Path):
+    overrides = [
+        f"experiment={args.experiment}",
+        "trainer.max_epochs=1",
+        "+trainer.limit_val_batches=0",
+        "+trainer.num_sanity_val_steps=0",
+        f"trainer.precision={args.precision}",
+        "trainer.accelerator=cpu" if args.device == "cpu" else "trainer.accelerator=gpu",
+        "test=false",
+        f"paths.output_dir={out}",
+        f"paths.data_dir={args.data_dir}",
+        "data.download=false",
+        "callbacks.model_checkpoint.monitor=null",
+        "~callbacks.images",
+        f"seed={args.seed}",
+    ]
+    if args.batch_size:
+        overrides.append(f"data.batch_size={args.batch_size}")
+    overrides += args.overrides
+    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+        return compose(config_name="train", overrides=overrides)
+
+
+def load_train(cfg, data_dir: str, n: int) -> torch.Tensor:
+    shape = tuple(int(s) for s in cfg.data.shape)
+    if shape == (1, 28, 28):
+        from vaelab.data.mnist import _have_files, read_mnist_images
+
+        if _have_files(data_dir):
+            return read_mnist_images(data_dir, train=True)[:n].contiguous()
+        print(f"(no MNIST in {data_dir}: using random 8-bit images)")
+    g = torch.Generator().manual_seed(0)
+    return torch.randint(0, 256, (n, *shape), dtype=torch.uint8, generator=g)
+
+
+def run_vaelab(cfg, data: torch.Tensor) -> float:
+    """One epoch through the Trainer built by ``vaelab.train.build`` (logging, checks, callbacks)."""
+    L.seed_everything(cfg.seed, workers=True)
+    objects = build(cfg)
+    timer = EpochTimer()
+    objects["trainer"].callbacks.append(timer)
+    dm = objects["datamodule"]
+    dm.splits = {"train": data, "val": data[:0], "test": data[:0]}  # the same pre-loaded tensor
+    objects["trainer"].fit(objects["module"], datamodule=dm)
+    return timer.times[-1]
+
+
+def run_bare(cfg, data: torch.Tensor, device: torch.device, precision: str) -> float:
+    """The same model, optimizer, batches, transform, clipping and precision in a plain loop."""
+    torch.manual_seed(cfg.seed)
+    dm = instantiate(cfg.data)
+    model = instantiate(cfg.model).to(device)
+    opt = instantiate(cfg.optimizer)(model.parameters())
+    clip = cfg.trainer.get("gradient_clip_val")
+    dtype = PRECISIONS[precision]
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype is torch.float16)
+    data = data.to(device)
+    bs = int(cfg.data.batch_size)
+    g = torch.Generator(device=device).manual_seed(0)
+    n_batches = data.shape[0] // bs
+    t0 = time.perf_counter()
+    order = torch.randperm(data.shape[0], device=device)
+    for i in range(n_batches):
+        x = dm.train_transform(data[order[i * bs : (i + 1) * bs]], g)
+        ctx = (
+            torch.autocast(device.type, dtype=dtype)
+            if dtype is not None
+            else contextlib.nullcontext()
+        )
+        with ctx:
+            loss = model(x).loss
+        opt.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        if clip:
+            scaler.unscale_(opt)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), float(clip))
+        scaler.step(opt)
+        scaler.update()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - t0
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--experiment", default="realnvp_mnist")
+    p.add_argument("--batch-size", type=int, default=None, help="default: the experiment's")
+    p.add_argument("--reps", type=int, default=3, help="epochs timed for each loop (alternating)")
+    p.add_argument("--train-images", type=int, default=6400)
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--precision", default="32-true", choices=sorted(PRECISIONS))
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--data-dir", default=os.environ.get("VAELAB_DATA_DIR", "../shared/data"))
+    p.add_argument(
+        "--max-ratio", type=float, default=None, help="exit 1 if vaelab/bare exceeds this"
+    )
+    p.add_argument("--json", default=None, help="write the results here")
+    p.add_argument("overrides", nargs="*", help="extra Hydra overrides")
+    args = p.parse_args()
+
+    out = Path("logs/benchmarks/flow_speed")
+    out.mkdir(parents=True, exist_ok=True)
+    cfg = compose_cfg(args, out)
+    data = load_train(cfg, args.data_dir, args.train_images)
+    device = torch.device(args.device)
+    bare, lab = [], []
+    for _ in range(args.reps):
+        bare.append(run_bare(cfg, data, device, args.precision))
+        lab.append(run_vaelab(cfg, data))
+    bs = int(cfg.data.batch_size)
+    images = (data.shape[0] // bs) * bs
+    result = {
+        "experiment": args.experiment,
+        "model": cfg.model._target_,
+        "overrides": args.overrides,
+        "batch_size": bs,
+        "train_images": images,
+        "precision": args.precision,
+        "device": args.device if args.device == "cpu" else f"cuda ({torch.cuda.get_device_name()})",
+        "threads": torch.get_num_threads(),
+        "bare_epoch_s": [round(t, 3) for t in bare],
+        "vaelab_epoch_s": [round(t, 3) for t in lab],
+        "bare_images_per_s": round(images / statistics.median(bare), 1),
+        "vaelab_images_per_s": round(images / statistics.median(lab), 1),
+    }
+    result["ratio"] = round(statistics.median(lab) / statistics.median(bare), 3)
+    print(json.dumps(result, indent=2))
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+    if args.max_ratio is not None and result["ratio"] > args.max_ratio:
+        print(f"FAIL: ratio {result['ratio']} > {args.max_ratio}", file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
