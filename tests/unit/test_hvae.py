@@ -184,7 +184,7 @@ def test_linear_gaussian_exact_posterior_gives_log_px() -> None:
     log_px = chain.log_px(x)
     # every importance weight equals p(x) when q is the exact posterior: L_k = log p(x) for all k
     for k in (1, 7, 100):
-        # (iwae_bound's log-sum-exp runs in float32, hence the float32 tolerance)
+        # (the tolerance allows iwae_bound to run its log-sum-exp in float32)
         torch.testing.assert_close(m.log_likelihood(x, k).double(), log_px, rtol=0, atol=2e-5)
     # forward's ELBO (analytic top-layer KL) is unbiased for the same value
     reps = 4000
