@@ -17,10 +17,12 @@ from typing import Any
 import hydra
 import lightning as L
 from hydra.utils import instantiate
+from lightning.pytorch.callbacks import ProgressBar
 from omegaconf import DictConfig, OmegaConf
 
 from vaelab.config import config_dir, register_resolvers
 from vaelab.lit import GenerativeModule
+from vaelab.loggers import finish_loggers, resume_loggers, tracking_callbacks
 from vaelab.utils import (
     find_last_checkpoint,
     print_summary,
@@ -43,7 +45,10 @@ def build(cfg: DictConfig) -> dict[str, Any]:
     callbacks = [
         instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c and "_target_" in c
     ]
+    if not cfg.trainer.get("enable_progress_bar", True):  # else Lightning refuses the bar callback
+        callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c and "_target_" in c]
+    callbacks += tracking_callbacks(loggers, callbacks)  # e.g. the W&B run id in checkpoints
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     return {
         "cfg": cfg,
@@ -80,10 +85,11 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     datamodule = objects["datamodule"]
     run_config = OmegaConf.to_container(cfg, resolve=True)
     module.run_config = run_config  # saved in every checkpoint, so vaelab-eval can rebuild the run
+    ckpt_path = resolve_ckpt_path(cfg)
+    resume_loggers(objects["loggers"], ckpt_path)  # a resumed run continues its W&B run
     for lg in objects["loggers"]:
         lg.log_hyperparams(run_config)
 
-    ckpt_path = resolve_ckpt_path(cfg)
     metrics: dict[str, float] = {}
     status = "ok"
     t0 = time.perf_counter()
@@ -120,6 +126,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
                 last_checkpoint=getattr(ckpt_cb, "last_model_path", "") or None,
                 output_dir=str(out_dir),
             )
+        finish_loggers(objects["loggers"], metrics, ok=status == "ok")  # one W&B run per job
     if trainer.global_rank == 0:
         print_summary(
             f"vaelab {cfg.task_name}: {cfg.model._target_.rsplit('.', 1)[-1]} on "
