@@ -42,7 +42,9 @@ def iwae_bound(log_w: Tensor, dim: int = 0) -> Tensor:
     Reference: Burda, Grosse & Salakhutdinov (2015), Importance Weighted Autoencoders, eq. 8.
     """
     k = log_w.shape[dim]
-    return torch.logsumexp(log_w.float(), dim=dim) - math.log(k)
+    if log_w.dtype in (torch.float16, torch.bfloat16):
+        log_w = log_w.float()  # the log-sum-exp is always at least float32
+    return torch.logsumexp(log_w, dim=dim) - math.log(k)
 
 
 def bits_per_dim(nll: Tensor, num_dims: int, data_kind: str = "binary") -> Tensor:

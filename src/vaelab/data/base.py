@@ -154,7 +154,7 @@ class TensorImageDataModule(L.LightningDataModule):
             seed=self.seed,
             rank=rank,
             world_size=world,
-            epoch_fn=self._current_epoch if train else None,
+            epoch_fn=self._current_epoch if (train and self.trainer is not None) else None,
         )
 
     def _current_epoch(self) -> int:

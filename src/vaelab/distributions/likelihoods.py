@@ -10,6 +10,11 @@ from torch import Tensor, nn
 from torch.distributions import Bernoulli, Distribution, Independent, Normal
 
 
+def at_least_float32(t: Tensor) -> Tensor:
+    """Upcast half/bfloat16 (autocast outputs) to float32; leave float32 and float64 alone."""
+    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
+
+
 class IndependentBernoulli(Independent):
     """``Independent(Bernoulli(logits), n)`` with a fused ``log_prob``.
 
@@ -21,7 +26,7 @@ class IndependentBernoulli(Independent):
 
     def log_prob(self, value: Tensor) -> Tensor:
         n = self.reinterpreted_batch_ndims
-        logits = self.base_dist.logits.float().flatten(-n)  # (…, D)
+        logits = at_least_float32(self.base_dist.logits).flatten(-n)  # (…, D)
         value = value.to(logits.dtype).flatten(-n)  # (…, D), broadcasts against logits
         return torch.einsum("...d,...d->...", logits, value) - F.softplus(logits).sum(-1)
 
@@ -69,7 +74,7 @@ class BernoulliLikelihood(Likelihood):
         )
 
     def forward(self, z: Tensor) -> Independent:
-        logits = self.net(z).float()  # (…, C, H, W); float32 even under autocast
+        logits = at_least_float32(self.net(z))  # (…, C, H, W); float32 even under autocast
         return IndependentBernoulli(
             Bernoulli(logits=logits, validate_args=False), len(self.data_shape), validate_args=False
         )
@@ -116,7 +121,7 @@ class GaussianLikelihood(Likelihood):
         self.min_std = float(min_std)
 
     def forward(self, z: Tensor) -> Independent:
-        mean = self.net(z).float()  # (…, C, H, W); float32 even under autocast
+        mean = at_least_float32(self.net(z))  # (…, C, H, W); float32 even under autocast
         std = self.log_std.exp() + self.min_std
         return Independent(
             Normal(mean, std.expand_as(mean), validate_args=False),

@@ -1,0 +1,1 @@
+"""Helpers shared by the tests (fake datasets in their real file formats)."""
