@@ -31,6 +31,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import Callback
+from omegaconf import DictConfig
 
 from vaelab.config import config_dir
 from vaelab.train import build
@@ -53,7 +54,7 @@ class EpochTimer(Callback):
         self.times.append(time.perf_counter() - self._t0)
 
 
-def compose_cfg(args: argparse.Namespace, out: Path):
+def compose_cfg(args: argparse.Namespace, out: Path) -> DictConfig:
     overrides = [
         f"experiment={args.experiment}",
         "trainer.max_epochs=1",
@@ -76,7 +77,7 @@ def compose_cfg(args: argparse.Namespace, out: Path):
         return compose(config_name="train", overrides=overrides)
 
 
-def load_train(cfg, data_dir: str, n: int) -> torch.Tensor:
+def load_train(cfg: DictConfig, data_dir: str, n: int) -> torch.Tensor:
     shape = tuple(int(s) for s in cfg.data.shape)
     if shape == (1, 28, 28):
         from vaelab.data.mnist import _have_files, read_mnist_images
@@ -88,7 +89,7 @@ def load_train(cfg, data_dir: str, n: int) -> torch.Tensor:
     return torch.randint(0, 256, (n, *shape), dtype=torch.uint8, generator=g)
 
 
-def run_vaelab(cfg, data: torch.Tensor) -> float:
+def run_vaelab(cfg: DictConfig, data: torch.Tensor) -> float:
     """One epoch through the Trainer built by ``vaelab.train.build`` (logging, checks, callbacks)."""
     L.seed_everything(cfg.seed, workers=True)
     objects = build(cfg)
@@ -100,7 +101,7 @@ def run_vaelab(cfg, data: torch.Tensor) -> float:
     return timer.times[-1]
 
 
-def run_bare(cfg, data: torch.Tensor, device: torch.device, precision: str) -> float:
+def run_bare(cfg: DictConfig, data: torch.Tensor, device: torch.device, precision: str) -> float:
     """The same model, optimizer, batches, transform, clipping and precision in a plain loop."""
     torch.manual_seed(cfg.seed)
     dm = instantiate(cfg.data)

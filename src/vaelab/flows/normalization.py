@@ -112,7 +112,8 @@ class ActNorm(Transform):
 
     The first ``forward`` in training mode sets ``bias = -mean`` and ``log_scale = -log(std + eps)``
     of that batch (per channel) and marks the layer initialised (a buffer, saved in checkpoints).
-    Before that it is the identity.
+    Before that it is the identity. Under DDP each process would initialise from its own batch:
+    run one batch before wrapping the model, or use ``InvertibleBatchNorm``.
 
     Args:
         num_features: number of channels C (dim 1 of the input).

@@ -74,6 +74,9 @@ class FlowModel(GenerativeModel):
         vaelab.flows.NonFiniteLogDetError: when the log-det goes non-finite, naming the transform.
     """
 
+    #: ``log_likelihood`` equals ``forward(x).elbo`` (no sampling): evaluation may reuse it.
+    exact_likelihood = True
+
     def __init__(
         self,
         data_shape: Sequence[int],
@@ -330,7 +333,7 @@ class RealNVPMLP(FlowModel):
         data_shape: Sequence[int],
         num_couplings: int = 8,
         hidden: int = 1024,
-        num_layers: int = 2,
+        num_layers: int = 1,
         norm: str | None = "batch",
         bn_momentum: float = 0.05,
         alpha: float | None = 0.05,
