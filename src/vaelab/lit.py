@@ -9,17 +9,27 @@ adds ``{stage}/nll`` (``-L_k`` with ``k = val_num_samples`` or ``test_num_sample
 from __future__ import annotations
 
 import functools
+import warnings
 from collections.abc import Callable, Iterable
 from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities.warnings import PossibleUserWarning
 from torch import Tensor
 from torchmetrics import MeanMetric
 
 from vaelab.data.loader import global_batch_index
 from vaelab.models.base import GenerativeModel
 from vaelab.objectives import bits_per_dim
+
+# Validation and test figures are logged already reduced over processes (MeanMetric sums values and
+# counts), so Lightning's advice to add sync_dist=True does not apply to them.
+warnings.filterwarnings(
+    "ignore",
+    message=r".*when logging on epoch level in distributed setting.*",
+    category=PossibleUserWarning,
+)
 
 OptimizerFactory = Callable[[Iterable[torch.nn.Parameter]], torch.optim.Optimizer]
 SchedulerFactory = Callable[[torch.optim.Optimizer], Any]

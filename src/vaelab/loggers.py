@@ -188,6 +188,11 @@ class WandbLogger(_LightningWandbLogger):
         **kwargs: Any,
     ) -> None:
         mode = resolve_mode(offline)
+        if mode == "offline" and offline is None:
+            log.info(
+                "W&B logs offline (no API key found, or WANDB_MODE=offline); upload later with "
+                "`wandb sync <run dir>/wandb/offline-run-*`"
+            )
         if mode != "online" and log_model:
             log.warning(
                 "W&B runs %s: log_model=%s is ignored (nothing is uploaded)", mode, log_model

@@ -21,6 +21,7 @@ from lightning.pytorch.callbacks import ProgressBar
 from omegaconf import DictConfig, OmegaConf
 
 from vaelab.config import config_dir, register_resolvers
+from vaelab.distributed import hydra_ddp_jobs
 from vaelab.lit import GenerativeModule
 from vaelab.loggers import finish_loggers, resume_loggers, tracking_callbacks
 from vaelab.utils import (
@@ -91,12 +92,15 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
         lg.log_hyperparams(run_config)
 
     metrics: dict[str, float] = {}
+    fit_ckpts: dict[str, str] = {}  # read after fit: testing a checkpoint restores older paths
     status = "ok"
     t0 = time.perf_counter()
     try:
         if cfg.get("train", True):
             trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
             metrics.update(to_float_dict(trainer.callback_metrics))
+            for key in ("best_model_path", "last_model_path"):
+                fit_ckpts[key] = getattr(trainer.checkpoint_callback, key, "") or ""
         train_seconds = time.perf_counter() - t0
         if cfg.get("test", True):
             best = (
@@ -122,8 +126,12 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
                 epochs=trainer.current_epoch,
                 global_step=trainer.global_step,
                 seconds=round(time.perf_counter() - t0, 2),
-                best_checkpoint=getattr(ckpt_cb, "best_model_path", "") or None,
-                last_checkpoint=getattr(ckpt_cb, "last_model_path", "") or None,
+                best_checkpoint=fit_ckpts.get("best_model_path")
+                or getattr(ckpt_cb, "best_model_path", "")
+                or None,
+                last_checkpoint=fit_ckpts.get("last_model_path")
+                or getattr(ckpt_cb, "last_model_path", "")
+                or None,
                 output_dir=str(out_dir),
             )
         finish_loggers(objects["loggers"], metrics, ok=status == "ok")  # one W&B run per job
@@ -147,7 +155,8 @@ register_resolvers()
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="train")
 def main(cfg: DictConfig) -> float | None:
     """Hydra entry point; returns ``optimized_metric`` for sweepers."""
-    metrics, _ = train(cfg)
+    with hydra_ddp_jobs("vaelab.train"):  # DDP children start this job, not the whole sweep
+        metrics, _ = train(cfg)
     name = cfg.get("optimized_metric")
     return metrics.get(name) if name else None
 

@@ -60,8 +60,14 @@ class IndexBatchLoader:
     def __len__(self) -> int:
         if not self.shuffle:
             return len(range(self.rank, self.num_batches_total, self.world_size))
-        n = len(range(self.rank, self.data.shape[0], self.world_size))
+        n = self.examples_per_rank
         return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
+
+    @property
+    def examples_per_rank(self) -> int:
+        """Training examples per rank: the same on every rank (``N // world_size``), so all ranks
+        take the same number of optimizer steps (DDP would wait forever on a missing step)."""
+        return self.data.shape[0] // self.world_size
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
@@ -76,7 +82,7 @@ class IndexBatchLoader:
             g = torch.Generator().manual_seed(self.seed + epoch)
             order = torch.randperm(n, generator=g).to(self.data.device)[
                 self.rank :: self.world_size
-            ]
+            ][: self.examples_per_rank]
             self.generator.manual_seed(self.seed + 7919 * (self.rank + 1) + 104729 * epoch)
             for i in range(len(self)):
                 idx = order[i * self.batch_size : (i + 1) * self.batch_size]
@@ -85,16 +91,28 @@ class IndexBatchLoader:
         # Evaluation: whole batches are dealt to ranks (batch b goes to rank b % world_size), and
         # each batch's noise is seeded by its global index, so every example is seen exactly once
         # and gets the same batch-mates and noise whatever the number of processes.
+        bs = self.eval_batch_size
         for b in range(self.rank, self.num_batches_total, self.world_size):
             self.generator.manual_seed(self.seed + 7919 * (b + 1))
-            yield self.transform(
-                self.data[b * self.batch_size : (b + 1) * self.batch_size], self.generator
-            )
+            yield self.transform(self.data[b * bs : (b + 1) * bs], self.generator)
+
+    @property
+    def eval_batch_size(self) -> int:
+        """Evaluation batch size: ``batch_size``, unless that leaves a rank without a batch (fewer
+        batches than ranks; Lightning refuses an empty loader), then ``N // world_size``."""
+        n = self.data.shape[0]
+        if self.world_size > 1 and math.ceil(n / self.batch_size) < self.world_size:
+            if n < self.world_size:
+                raise ValueError(
+                    f"{n} evaluation examples cannot be shared by {self.world_size} processes"
+                )
+            return n // self.world_size
+        return self.batch_size
 
     @property
     def num_batches_total(self) -> int:
         """Evaluation batches over all ranks."""
-        return math.ceil(self.data.shape[0] / self.batch_size)
+        return math.ceil(self.data.shape[0] / self.eval_batch_size)
 
 
 def global_batch_index(batch_idx: int, rank: int, world_size: int) -> int:
