@@ -135,7 +135,15 @@ def test_density_integrates_to_one_in_2d() -> None:
     """A randomized 2-D RealNVPMLP with the logit: ∫ p(y) dy over its support (-α/(1-α), 1)² = 1."""
     torch.manual_seed(0)
     a = 0.05
-    m = RealNVPMLP((1, 1, 2), num_couplings=4, hidden=16, num_layers=2, alpha=a, check_values=False)
+    m = RealNVPMLP(
+        (1, 1, 2),
+        num_couplings=4,
+        hidden=16,
+        num_layers=2,
+        norm="batch",
+        alpha=a,
+        check_values=False,
+    )
     m = randomize(m.double(), seed=7, scale=0.5).eval()
     n = 500
     lo, hi = -a / (1 - a), 1.0

@@ -321,7 +321,8 @@ class RealNVPMLP(FlowModel):
         num_couplings: coupling layers (alternating masks; even is best).
         hidden: width of the MLPs.
         num_layers: hidden layers per MLP.
-        norm: ``batch``, ``act`` or ``none`` after each coupling.
+        norm: ``act`` (default: per-feature batch statistics of flat images transfer badly to
+            running averages), ``batch`` or ``none`` after each coupling.
         bn_momentum: running-average momentum of the invertible batch norms.
         alpha, logit_symmetric, weight_norm_l2, check_values: see ``FlowModel``.
 
@@ -334,7 +335,7 @@ class RealNVPMLP(FlowModel):
         num_couplings: int = 8,
         hidden: int = 1024,
         num_layers: int = 1,
-        norm: str | None = "batch",
+        norm: str | None = "act",
         bn_momentum: float = 0.05,
         alpha: float | None = 0.05,
         logit_symmetric: bool = False,
