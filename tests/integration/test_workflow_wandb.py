@@ -158,3 +158,28 @@ def test_online_start_without_network_falls_back_offline(
         data = read_offline_run(run_dir)
     assert [h["val/nll"] for h in data["history"] if "val/nll" in h] == [1.5]
     assert data["summary"]["test/nll"] == 2.0
+
+
+def test_log_images_reaches_tensorboard_and_skips_csv(tmp_path: Path) -> None:
+    """The helper the picture callbacks use: TensorBoard gets each image, CSV is skipped."""
+    import lightning as L
+    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+    from PIL import Image
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from vaelab.loggers import log_images
+
+    tb = TensorBoardLogger(tmp_path, name="tb", version="")
+    trainer = L.Trainer(logger=[CSVLogger(tmp_path, name="csv"), tb], accelerator="cpu")
+    grid = torch.rand(3, 20, 30)
+    pil = Image.fromarray((torch.rand(12, 14) * 255).to(torch.uint8).numpy())
+    assert log_images(trainer, "images/samples", [grid], step=7) == 1
+    assert log_images(trainer, "images/pair", [grid, pil], step=8) == 1
+    tb.experiment.flush()
+    events = EventAccumulator(str(tmp_path / "tb")).Reload()
+    tags = set(events.Tags()["images"])
+    assert tags == {"images/samples", "images/pair/0", "images/pair/1"}
+    (sample,) = events.Images("images/samples")
+    assert sample.step == 7 and (sample.width, sample.height) == (30, 20)
+    (second,) = events.Images("images/pair/1")
+    assert (second.width, second.height) == (14, 12)
