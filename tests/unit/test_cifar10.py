@@ -130,6 +130,14 @@ def test_missing_files_raise_a_helpful_error(tmp_path: Path) -> None:
     assert "VAELAB_DATA_DIR" in msg and "paths.data_dir" in msg
 
 
+def test_splits_set_by_hand_need_no_files(tmp_path: Path) -> None:
+    dm = CIFAR10DataModule(str(tmp_path), download=False)
+    x = torch.zeros(4, 3, 32, 32, dtype=torch.uint8)
+    dm.splits = {"train": x, "val": x[:0], "test": x}
+    dm.prepare_data()  # benchmarks feed random images this way
+    assert next(iter(dm.test_dataloader())).shape == (4, 3, 32, 32)
+
+
 def test_download_failure_is_reported(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import torchvision.datasets
 
