@@ -196,3 +196,53 @@ def test_real_mnist_short_training_lowers_validation_loss(real_mnist: Path, tmp_
     assert val[0] > val[1] > val[2], val
     assert val[0] - val[2] > 5.0  # nats: a real improvement, not noise
     assert val[2] < 200.0  # past the mean-image plateau (~215 nats)
+
+
+class PoisonAfterLastStep(Callback):
+    """NaN into a weight after the last optimizer step of epoch ``epoch``: the loss check cannot see
+    it before the epoch-end checkpoint, so the save itself must refuse."""
+
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, module: L.LightningModule, out, batch, idx
+    ) -> None:
+        if trainer.current_epoch == self.epoch and idx == trainer.num_training_batches - 1:
+            with torch.no_grad():
+                next(module.parameters()).view(-1)[0] = float("nan")
+
+
+def test_nan_weights_are_never_checkpointed(fake_mnist: Path, tmp_path: Path) -> None:
+    # No validation and no monitor: Lightning saves last.ckpt at every train-epoch end, whatever the
+    # metrics, so only vaelab's own check can stop the NaN weights from being written.
+    cfg = compose_train(
+        [
+            "trainer.max_epochs=3",
+            "test=false",
+            "data.val_size=0",
+            "callbacks.model_checkpoint.monitor=null",
+        ],
+        tmp_path,
+        fake_mnist,
+    )
+    from vaelab import train as train_mod
+
+    real_build = train_mod.build
+
+    def build_with_poison(c):
+        objs = real_build(c)
+        objs["trainer"].callbacks.insert(0, PoisonAfterLastStep(epoch=1))
+        return objs
+
+    train_mod.build = build_with_poison
+    try:
+        with pytest.raises(NonFiniteError, match=r"not finite.*before writing the checkpoint"):
+            train(cfg)
+    finally:
+        train_mod.build = real_build
+    ckpt = read_checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt")
+    assert ckpt["epoch"] == 0  # epoch 0's checkpoint, not overwritten by epoch 1's NaN weights
+    assert all(
+        torch.isfinite(v).all() for v in ckpt["state_dict"].values() if v.is_floating_point()
+    )
