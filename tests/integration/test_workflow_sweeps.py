@@ -1,4 +1,4 @@
-"""Sweeps as the docs write them (docs/workflow.md), with tiny settings appended.
+"""Sweeps as the README writes them, with tiny settings appended.
 
 Default suite: the Optuna search (2 trials) and the parallel local jobs (joblib, 4 jobs), each
 gathered with ``scripts/collect_sweep.py``; a misspelt launcher or sweeper. ``-m slow``: the
@@ -24,7 +24,7 @@ from vaelab.config import config_dir
 from vaelab.loggers import offline_runs, read_offline_run
 
 REPO = Path(__file__).resolve().parents[2]
-DOC = REPO / "docs" / "workflow.md"
+DOC = REPO / "README.md"
 COLLECT = f"python {REPO / 'scripts' / 'collect_sweep.py'}"
 
 GRID = "vaelab-train -m model=beta_vae model.objective.beta=0.5,1,2,4,8 seed=0,1,2"
@@ -48,7 +48,7 @@ FAST = ["callbacks=none"]
 
 
 def doc_commands(section: str) -> list[str]:
-    """``vaelab-train`` lines of the bash blocks in a ``## section`` of docs/workflow.md."""
+    """``vaelab-train`` lines of the bash blocks in a ``## section`` of the README."""
     text = DOC.read_text()
     body = text.split(f"## {section}", 1)[1].split("\n## ", 1)[0]
     lines = []
