@@ -8,6 +8,7 @@ import math
 from pathlib import Path
 
 import pytest
+import torch
 from hydra.utils import instantiate
 
 from tests.conftest import compose_train
@@ -15,6 +16,16 @@ from tests.unit.test_cifar10 import write_fake_cifar10
 from vaelab.data import CIFAR10DataModule, MNISTDataModule
 from vaelab.models import RealNVP, RealNVPMLP
 from vaelab.objectives import bits_per_dim
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _single_thread():
+    """Tiny models: intra-op threads only add overhead (and stall when other jobs share the CPU)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
 
 TINY_REALNVP = (
     "model.hidden_channels=4",
@@ -32,8 +43,6 @@ def _check_flow_metrics(metrics: dict[str, float], num_dims: int, out: Path) -> 
     assert metrics["test/elbo"] == pytest.approx(
         metrics["test/log_pz"] + metrics["test/logdet"], rel=1e-5, abs=1e-2
     )
-    import torch
-
     bpd = bits_per_dim(torch.tensor(metrics["test/nll"]), num_dims, "pixels").item()
     assert metrics["test/bpd"] == pytest.approx(bpd, rel=1e-5)
     assert json.loads((out / "metrics.json").read_text())["status"] == "ok"
