@@ -13,6 +13,12 @@ from tests.helpers.fake_data import write_fake_mnist
 
 REPO = Path(__file__).resolve().parents[1]
 
+# One intra-op thread per test process: the models here are tiny, and DDP tests and CLI subprocesses
+# run beside the pytest process on a 2-core CI machine, where oversubscribed OpenMP threads spin and
+# slow everything several-fold.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+torch.set_num_threads(1)
+
 
 def real_mnist_dir() -> Path | None:
     """The real MNIST root (VAELAB_DATA_DIR, else ../shared/data), or None when absent."""

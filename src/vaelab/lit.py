@@ -170,7 +170,12 @@ class GenerativeModule(L.LightningModule):
             for name, value in terms.items().items():
                 self._update(f"{stage}/{name}", value)
             self._update(f"{stage}/loss", terms.loss.expand(x.shape[0]))
-            if num_samples > 0:
+            if getattr(self.model, "exact_likelihood", False):
+                # A flow's forward already computed the exact log p(x): no second pass.
+                nll = -terms.elbo.detach().float()
+                self._update(f"{stage}/nll", nll)
+                self._update(f"{stage}/bpd", self._bpd(nll))
+            elif num_samples > 0:
                 nll = -self.model.log_likelihood(x, num_samples).float()
                 self._update(f"{stage}/nll", nll)
                 self._update(f"{stage}/bpd", self._bpd(nll))

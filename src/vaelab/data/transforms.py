@@ -6,6 +6,9 @@ import torch
 from torch import Tensor
 
 
+_BELOW_ONE = 1.0 - 2.0**-24  # the largest float32 below 1
+
+
 def to_unit(x: Tensor) -> Tensor:
     """uint8 -> float in [0, 1] (``x / 255``)."""
     return x.float().div_(255.0)
@@ -17,7 +20,9 @@ def dequantize(x: Tensor, g: torch.Generator) -> Tensor:
     A continuous density on this y gives bits/dim in pixel space via ``bits_per_dim(...,"pixels")``.
     """
     u = torch.rand(x.shape, generator=g, device=x.device)
-    return (x.float() + u).div_(256.0)
+    # In float32, (255 + u)/256 rounds up to exactly 1.0 for u > 1 - 2^-17 (~8 in 1e6 draws): keep
+    # y < 1 so that logit-space models never see an infinity.
+    return (x.float() + u).div_(256.0).clamp_(max=_BELOW_ONE)
 
 
 def center(x: Tensor) -> Tensor:
