@@ -5,7 +5,6 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-
 _BELOW_ONE = 1.0 - 2.0**-24  # the largest float32 below 1
 
 
