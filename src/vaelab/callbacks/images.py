@@ -43,9 +43,10 @@ from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
 from torch import Tensor, nn
 from torchvision.utils import make_grid, save_image
+
+from vaelab.loggers import log_images
 
 log = logging.getLogger(__name__)
 
@@ -267,24 +268,13 @@ def _seeded(seed: int | None, device: torch.device) -> Iterator[None]:
 
 
 # -- loggers -----------------------------------------------------------------------------------
-def log_grid(trainer: L.Trainer, key: str, grid: Tensor, step: int) -> None:
-    """Send a ``(3, H, W)`` grid in ``[0, 1]`` to every image-capable logger of ``trainer``.
+def log_grid(trainer: L.Trainer, key: str, grid: Tensor, step: int) -> int:
+    """Send a ``(3, H, W)`` grid in ``[0, 1]`` to every image-capable logger (W&B, TensorBoard).
 
-    Uses ``vaelab.loggers.log_images`` when the package provides it; otherwise W&B
-    (``WandbLogger.log_image``) and TensorBoard (``add_image``). Other loggers (CSV) are skipped.
+    A thin wrapper of ``vaelab.loggers.log_images``; CSV and other loggers are skipped. Returns
+    how many loggers took it.
     """
-    try:
-        from vaelab.loggers import log_images  # type: ignore[attr-defined]
-    except ImportError:
-        log_images = None
-    if log_images is not None:
-        log_images(trainer, key, [grid], step)
-        return
-    for logger in trainer.loggers:
-        if isinstance(logger, WandbLogger):
-            logger.log_image(key=key, images=[grid], step=step)
-        elif isinstance(logger, TensorBoardLogger):
-            logger.experiment.add_image(key, grid, global_step=step)
+    return log_images(trainer, key, [grid], step)
 
 
 # -- the callback ------------------------------------------------------------------------------
