@@ -165,7 +165,13 @@ def trained_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
             ],
         )
     _, objects = train(cfg)
-    return {"out": out, "objects": objects, "cfg": cfg}
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = list((out / "tensorboard").rglob("events.out.tfevents.*"))
+    assert events
+    acc = EventAccumulator(str(events[0].parent), size_guidance={"images": 0})
+    acc.Reload()
+    return {"out": out, "objects": objects, "cfg": cfg, "tensorboard": acc}
 
 
 def test_callback_writes_pngs_of_the_right_shape(trained_run: dict) -> None:
@@ -177,6 +183,11 @@ def test_callback_writes_pngs_of_the_right_shape(trained_run: dict) -> None:
         for tag in ("epoch000", "epoch001", "final")
     )
     assert names == expected
+    # the last epoch showed the final weights already: its files are reused, byte for byte
+    for pic in ("samples", "traversals"):
+        final = (images / f"{pic}_final.png").read_bytes()
+        assert final == (images / f"{pic}_epoch001.png").read_bytes()
+        assert final != (images / f"{pic}_epoch000.png").read_bytes()
     # (rows, cols) of each grid: 64 samples in rows of 8; 32 inputs + 32 reconstructions in rows
     # of 8; one traversal row per latent unit (4) of 11 steps; 8 pairs of 10 steps + 2 endpoints.
     shapes = {
@@ -230,18 +241,13 @@ def test_samples_use_a_fixed_seed_and_leave_the_training_state_alone(trained_run
 
 
 def test_grids_go_to_tensorboard(trained_run: dict) -> None:
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    events = list((trained_run["out"] / "tensorboard").rglob("events.out.tfevents.*"))
-    assert events
-    acc = EventAccumulator(str(events[0].parent), size_guidance={"images": 0})
-    acc.Reload()
+    acc = trained_run["tensorboard"]  # read right after fit, before other tests write again
     tags = set(acc.Tags()["images"])
-    assert tags >= {
-        f"images/{p}" for p in ("samples", "reconstructions", "traversals", "interpolations")
-    }
+    pictures = ("samples", "reconstructions", "traversals", "interpolations")
+    assert tags >= {f"images/{p}" for p in pictures}
     samples = acc.Images("images/samples")
-    assert len(samples) >= 3  # epoch 0, epoch 1, final
+    # epochs 0 and 1 (3 steps each); *_final.png repeats epoch 1's weights, so it is not re-logged
+    assert [s.step for s in samples] == [3, 6]
     assert (samples[-1].width, samples[-1].height) == grid_size(8, 8)
 
 

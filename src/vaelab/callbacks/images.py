@@ -37,6 +37,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import logging
+import shutil
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -282,7 +283,8 @@ class ImageGrids(L.Callback):
     """Write PNG grids of samples, reconstructions, traversals and interpolations while training.
 
     Every ``every_n_epochs`` epochs (at the end of epochs 0, n, 2n, ...) and at the end of fit
-    (and of test, with ``at_test_end``), on global rank zero only, with the LightningModule in
+    (``*_final.png``: a copy of the last epoch's files when they show the same weights) and of
+    test (with ``at_test_end``), on global rank zero only, with the LightningModule in
     eval mode and under ``torch.no_grad()`` (its mode is restored). Costs a handful of forward
     passes: one decoder pass per picture and one encoder pass over ``num_images`` test images.
 
@@ -375,16 +377,31 @@ class ImageGrids(L.Callback):
         self.padding = int(padding)
         self._images: Tensor | None = None  # (N, C, H, W) on the CPU, fixed for the run
         self._said_samples_only = False
+        self._epoch_write: tuple[int, list[Path]] | None = None  # last epoch's (step, PNGs)
         self.written: list[Path] = []  # every PNG written, in order
 
     # -- Lightning hooks -----------------------------------------------------------------------
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.every_n_epochs > 0 and trainer.current_epoch % self.every_n_epochs == 0:
-            self.write(trainer, pl_module, f"epoch{trainer.current_epoch:03d}")
+            paths = self.write(trainer, pl_module, f"epoch{trainer.current_epoch:03d}")
+            self._epoch_write = (trainer.global_step, paths)
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._epoch_write = None
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self.at_fit_end:
-            self.write(trainer, pl_module, "final")
+        if not self.at_fit_end:
+            return
+        last = self._epoch_write
+        if last is not None and last[0] == trainer.global_step and trainer.is_global_zero:
+            # The last epoch's pictures show these very weights: copy them, do not draw again
+            # (a flow's 64 samples cost seconds on a CPU) nor log the same grids twice.
+            for path in last[1]:
+                final = path.with_name(path.name.rsplit("_", 1)[0] + "_final.png")
+                shutil.copyfile(path, final)
+                self.written.append(final)
+            return
+        self.write(trainer, pl_module, "final")
 
     def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.at_test_end:
