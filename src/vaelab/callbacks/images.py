@@ -312,7 +312,7 @@ class ImageGrids(L.Callback):
         use_mean: show decoder means rather than sampled pixels (latent models).
         temperature: sampling temperature for models that take one (flows); None: their default.
         at_fit_end: write ``*_final.png`` when fit ends.
-        at_test_end: write ``*_test.png`` when test ends (e.g. for ``vaelab-eval``).
+        at_test_end: write ``*_test.png`` when test ends (the tested checkpoint's weights).
         log_to_loggers: also send each grid to the image-capable loggers.
         padding: pixels between images.
     """
