@@ -23,40 +23,12 @@ import sys
 import time
 from pathlib import Path
 
-import lightning as L
 import torch
 from hydra import compose, initialize_config_dir
-from lightning.pytorch.callbacks import Callback
+from timing import run_vaelab  # benchmarks/ is on sys.path
 
 from vaelab.config import config_dir
 from vaelab.data.transforms import dynamic_binarize
-from vaelab.train import build
-
-
-class EpochTimer(Callback):
-    """Wall time of each training epoch, and every interval between consecutive batch starts
-    (one full step: data fetch, forward, backward, optimizer, logging and every hook)."""
-
-    def __init__(self) -> None:
-        self.times: list[float] = []
-        self.steps: list[float] = []
-        self.cpu: list[float] = []
-        self._last: float | None = None
-
-    def on_train_epoch_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
-        self._t0 = time.perf_counter()
-        self._cpu0 = time.process_time()  # once per epoch: a call costs ~1 ms on some VMs
-        self._last = None
-
-    def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
-        now = time.perf_counter()
-        if self._last is not None:
-            self.steps.append(now - self._last)
-        self._last = now
-
-    def on_train_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
-        self.times.append(time.perf_counter() - self._t0)
-        self.cpu.append(time.process_time() - self._cpu0)
 
 
 def compose_cfg(args: argparse.Namespace, out: Path):
@@ -81,18 +53,6 @@ def compose_cfg(args: argparse.Namespace, out: Path):
     overrides += args.overrides
     with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
         return compose(config_name="train", overrides=overrides)
-
-
-def run_vaelab(cfg, data: torch.Tensor) -> tuple[float, list[float], list[float]]:
-    """One epoch through the Trainer built by ``vaelab.train.build`` (loggers, callbacks, bar)."""
-    L.seed_everything(cfg.seed, workers=True)
-    objects = build(cfg)
-    timer = EpochTimer()
-    objects["trainer"].callbacks.append(timer)
-    dm = objects["datamodule"]
-    dm.splits = {"train": data, "val": data[:0], "test": data[:0]}  # the same pre-loaded tensor
-    objects["trainer"].fit(objects["module"], datamodule=dm)
-    return timer.times[-1], timer.steps, timer.cpu
 
 
 def run_bare(
@@ -194,10 +154,10 @@ def main() -> None:
         bare.append(t)
         bare_steps += st
         bare_cpu += cp
-        t, st, cp = run_vaelab(cfg, data)
+        t, cp, st = run_vaelab(cfg, data)
         lab.append(t)
         lab_steps += st
-        lab_cpu += cp
+        lab_cpu.append(cp)
     result = {
         "model": args.model,
         "experiment": args.experiment,
