@@ -135,6 +135,20 @@ def test_resume_continues_epochs_and_optimizer_state(fake_mnist: Path, tmp_path:
     assert float(second["optimizer_states"][0]["state"][0]["step"]) == 12
 
 
+def test_resume_keeps_the_checkpoint_weights(fake_mnist: Path, tmp_path: Path) -> None:
+    # init_from_data (on by default) runs in setup, before Lightning restores the checkpoint: a
+    # resumed run must come back with the saved decoder bias, not a re-initialised one.
+    cfg = compose_train(["trainer.max_epochs=1", "test=false"], tmp_path, fake_mnist)
+    train(cfg)
+    saved = read_checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt")["state_dict"]
+    cfg2 = compose_train(["trainer.max_epochs=1", "test=false"], tmp_path, fake_mnist)
+    cfg2.ckpt_path = str(tmp_path / "run" / "checkpoints" / "last.ckpt")
+    cfg2.paths.output_dir = str(tmp_path / "run2")
+    _, objects = train(cfg2)  # max_epochs already reached: no step is taken
+    for name, value in objects["module"].state_dict().items():
+        torch.testing.assert_close(value, saved[name], rtol=0, atol=0, msg=name)
+
+
 def test_eval_reproduces_the_runs_test_nll(fake_mnist: Path, tmp_path: Path) -> None:
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra

@@ -171,6 +171,14 @@ class TensorImageDataModule(L.LightningDataModule):
     def test_dataloader(self) -> IndexBatchLoader:
         return self._loader("test", train=False)
 
+    def train_mean(self) -> Tensor:
+        """The mean training image ``(C, H, W)`` in model units: the expected value of what
+        ``train_transform`` delivers. The default assumes ``x / 255``; subclasses whose transform
+        differs override it."""
+        if not self.splits:
+            self.setup()
+        return self.splits["train"].float().mean(0) / 255.0
+
     def batch(self, split: str = "test", n: int = 64) -> Tensor:
         """The first ``n`` evaluation-transformed images of a split (for pictures and notebooks)."""
         if not self.splits:

@@ -145,6 +145,14 @@ class CIFAR10DataModule(TensorImageDataModule):
     def _fixed(self, x: Tensor, g: torch.Generator) -> Tensor:
         return T.dequantize(x, g) if self.dequantize else T.to_unit(x)
 
+    def train_mean(self) -> Tensor:
+        if not self.splits:
+            self.setup()
+        m = self.splits["train"].float().mean(0)
+        if self.flip:  # flipped with probability 1/2
+            m = (m + m.flip(-1)) / 2
+        return (m + 0.5) / 256.0 if self.dequantize else m / 255.0
+
     def labels(self, split: str = "test") -> Tensor:
         """Class labels aligned with ``splits[split]``."""
         if split == "test":

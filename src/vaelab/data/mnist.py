@@ -150,6 +150,18 @@ class MNISTDataModule(TensorImageDataModule):
             return T.threshold_binarize(x)
         return T.dequantize(x, g) if self.dequantize else T.to_unit(x)
 
+    def train_mean(self) -> Tensor:
+        if not self.splits:
+            self.setup()
+        x = self.splits["train"]
+        if self.binarize == "static":  # stored as 0/1
+            return x.float().mean(0)
+        if self.binarize == "threshold":
+            return T.threshold_binarize(x).mean(0)
+        if self.binarize is None and self.dequantize:  # E[(x + u) / 256]
+            return (x.float() + 0.5).mean(0) / 256.0
+        return x.float().mean(0) / 255.0  # dynamic: E[Bernoulli(x / 255)]; or plain x / 255
+
     def labels(self, split: str = "test") -> Tensor:
         """Digit labels aligned with ``splits[split]`` (for latent-space plots)."""
         if split == "test":

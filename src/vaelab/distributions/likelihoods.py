@@ -15,6 +15,15 @@ def at_least_float32(t: Tensor) -> Tensor:
     return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
 
 
+def output_bias(net: nn.Module) -> Tensor | None:
+    """The bias of the last Linear or (transposed) convolution of ``net``, or ``None``."""
+    last = None
+    for m in net.modules():
+        if isinstance(m, nn.Linear | nn.Conv2d | nn.ConvTranspose2d):
+            last = m
+    return None if last is None or last.bias is None else last.bias
+
+
 class IndependentBernoulli(Independent):
     """``Independent(Bernoulli(logits), n)`` with a fused ``log_prob``.
 
@@ -57,6 +66,30 @@ class Likelihood(nn.Module):
     def forward(self, z: Tensor) -> Distribution:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def mean_to_output(self, mean: Tensor) -> Tensor:
+        """The network output that makes ``E[x|z]`` equal ``mean`` (identity by default)."""
+        return mean
+
+    @torch.no_grad()
+    def init_from_data(self, mean: Tensor) -> None:
+        """Set the output layer's bias so that, before training, ``E[x|z]`` is about the data mean
+        (Burda et al. 2015 initialise the Bernoulli decoder's output bias to the marginal
+        log-odds): training then starts from the marginal likelihood rather than from p = 1/2."""
+        bias = output_bias(self.net)
+        if bias is None:
+            return
+        target = self.mean_to_output(mean.detach().to(bias.device, torch.float32))
+        if bias.numel() == target.numel():
+            bias.copy_(target.reshape(bias.shape))
+        elif target.dim() == 3 and bias.numel() == target.shape[0]:  # conv: one bias per channel
+            bias.copy_(target.mean(dim=(1, 2)))
+        else:
+            raise ValueError(
+                f"{type(self).__name__}.init_from_data: the output bias has {bias.numel()} "
+                f"entries, which fits neither the data mean's {tuple(mean.shape)} nor its "
+                "channels"
+            )
+
     def mean(self, z: Tensor) -> Tensor:
         """The mean of p(x|z) (used for reconstructions and sample grids)."""
         return self(z).mean
@@ -72,6 +105,11 @@ class BernoulliLikelihood(Likelihood):
             "Use data=binarized_mnist for a Bernoulli decoder, or model.decoder=gaussian "
             "for 8-bit pixel data."
         )
+
+    def mean_to_output(self, mean: Tensor) -> Tensor:
+        # The marginal log-odds, clamped as in Burda et al.'s code (pixels that are always 0
+        # in the training set would otherwise get an infinite bias).
+        return torch.logit(mean.clamp(1e-3, 1 - 1e-3))
 
     def forward(self, z: Tensor) -> Independent:
         logits = at_least_float32(self.net(z))  # (…, C, H, W); float32 even under autocast

@@ -59,6 +59,10 @@ class GenerativeModel(nn.Module):
     def set_training_step(self, step: int) -> None:
         """Told the global optimizer step before each training batch (for annealing schedules)."""
 
+    def init_from_data(self, mean: Tensor) -> None:
+        """Initialise data-dependent parameters from the training set's mean ``(C, H, W)`` (in
+        the units the DataModule delivers), before training. The default does nothing."""
+
     def check_data(self, data_kind: str) -> None:
         """Raise ``ValueError`` if this model cannot model data of ``data_kind``.
 

@@ -243,6 +243,9 @@ class HierarchicalVAE(GenerativeModel):
     def check_data(self, data_kind: str) -> None:
         self.decoder.check_data(data_kind)
 
+    def init_from_data(self, mean: Tensor) -> None:
+        self.decoder.init_from_data(mean)
+
     def forward(self, x: Tensor) -> Terms:
         """Terms for a batch ``x`` of shape ``(B, *data_shape)``; see the class docstring."""
         self._check_values(x)
