@@ -100,6 +100,16 @@ class GenerativeModule(L.LightningModule):
         self._metrics: dict[str, MeanMetric] = {}
         self._au_stats: dict[str, list[Tensor]] = {}
 
+    def __setattr__(self, name: str, value: Any) -> None:
+        # Lightning sets ``_current_fx_name`` (a string or None) around every hook call, some
+        # 45 times a training step; nn.Module.__setattr__ checks each value against parameters,
+        # modules and buffers first. A plain attribute set is exact here and saves ~0.1 ms a step
+        # on a small CPU model (benchmarks/epoch_speed.py).
+        if name == "_current_fx_name":
+            object.__setattr__(self, name, value)
+        else:
+            super().__setattr__(name, value)
+
     # -- setup ---------------------------------------------------------------------------------
     def setup(self, stage: str) -> None:
         dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
