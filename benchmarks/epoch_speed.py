@@ -2,7 +2,8 @@
 
 Both loops train the same model (built from the same Hydra config) on the same pre-loaded uint8
 tensor with the same batch size, dynamic binarization and thread count; runs alternate
-(bare, vaelab, bare, vaelab, ...). Two ratios are reported: of the median epoch times (``ratio``),
+(bare, vaelab, bare, vaelab, ...). Ratios reported: of the median epoch times (``ratio``), the
+median of the per-pair epoch ratios (``pair_ratio_median``, robust to drifts in machine speed),
 and of the median step intervals, batch start to next batch start (``step_ratio``), which stays
 meaningful when other processes load the machine in bursts, and of the process CPU time per
 epoch (``cpu_ratio``), which other processes barely touch (use one thread: OMP_NUM_THREADS=1).
@@ -11,6 +12,7 @@ Optionally it also times L_5000 over the 10,000 MNIST test images.
     python benchmarks/epoch_speed.py                      # 784-200-200-50 VAE, batch 100
     python benchmarks/epoch_speed.py --model hvae --experiment iwae_vae_2layer
     python benchmarks/epoch_speed.py --ll --ll-images 10000   # + L_5000 over the test set
+    python benchmarks/epoch_speed.py --plain-lightning        # + a minimal LightningModule
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from pathlib import Path
 
 import torch
 from hydra import compose, initialize_config_dir
-from timing import run_vaelab  # benchmarks/ is on sys.path
+from timing import run_plain_lightning, run_vaelab  # benchmarks/ is on sys.path
 
 from vaelab.config import config_dir
 from vaelab.data.transforms import dynamic_binarize
@@ -127,11 +129,16 @@ def main() -> None:
     p.add_argument("--model", default="vae")
     p.add_argument("--experiment", default=None)
     p.add_argument("--batch-size", type=int, default=100)
-    p.add_argument("--reps", type=int, default=3, help="epochs timed for each loop (alternating)")
+    p.add_argument("--reps", type=int, default=7, help="epochs timed for each loop (alternating)")
     p.add_argument("--train-images", type=int, default=55000)
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data-dir", default=os.environ.get("VAELAB_DATA_DIR", "../shared/data"))
+    p.add_argument(
+        "--plain-lightning",
+        action="store_true",
+        help="also time a minimal LightningModule under a bare Trainer (Lightning's own floor)",
+    )
     p.add_argument("--ll", action="store_true", help="also time L_k over the test images")
     p.add_argument("--ll-images", type=int, default=10000)
     p.add_argument("--ll-k", type=int, default=5000)
@@ -149,7 +156,12 @@ def main() -> None:
     data = load_train(args.data_dir, args.train_images)
     device = torch.device(args.device)
     bare, lab, bare_steps, lab_steps, bare_cpu, lab_cpu = [], [], [], [], [], []
+    plain, plain_steps = [], []
     for _ in range(args.reps):
+        if args.plain_lightning:
+            t, _, st = run_plain_lightning(cfg, data)
+            plain.append(t)
+            plain_steps += st
         t, st, cp = run_bare(cfg, data, device)
         bare.append(t)
         bare_steps += st
@@ -171,6 +183,9 @@ def main() -> None:
         "vaelab_median_s": round(statistics.median(lab), 3),
     }
     result["ratio"] = round(result["vaelab_median_s"] / result["bare_median_s"], 3)
+    # Median over the adjacent (bare, vaelab) pairs of their epoch ratio: each pair ran seconds
+    # apart, so a machine that speeds up or slows down over the run moves both alike.
+    result["pair_ratio_median"] = round(statistics.median(v / b for b, v in zip(bare, lab)), 3)
     # Median step interval: robust to bursts of load from other processes on a shared machine.
     result["bare_step_median_ms"] = round(1e3 * statistics.median(bare_steps), 3)
     result["vaelab_step_median_ms"] = round(1e3 * statistics.median(lab_steps), 3)
@@ -180,6 +195,14 @@ def main() -> None:
     result["bare_cpu_per_epoch_s"] = round(sum(bare_cpu) / args.reps, 3)
     result["vaelab_cpu_per_epoch_s"] = round(sum(lab_cpu) / args.reps, 3)
     result["cpu_ratio"] = round(sum(lab_cpu) / sum(bare_cpu), 3)
+    if plain:
+        result["plain_lightning_median_s"] = round(statistics.median(plain), 3)
+        result["plain_lightning_ratio"] = round(
+            result["plain_lightning_median_s"] / result["bare_median_s"], 3
+        )
+        result["plain_lightning_step_ratio"] = round(
+            statistics.median(plain_steps) / statistics.median(bare_steps), 3
+        )
     if args.ll:
         result.update(time_ll(cfg, args.data_dir, args.ll_images, args.ll_k, args.ll_batch))
     print(json.dumps(result, indent=2))

@@ -55,3 +55,44 @@ def run_vaelab(cfg: DictConfig, data: torch.Tensor) -> Timing:
     dm.splits = {"train": data, "val": data[:0], "test": data[:0]}  # the same pre-loaded tensor
     objects["trainer"].fit(objects["module"], datamodule=dm)
     return timer.times[-1], timer.cpu[-1], timer.steps
+
+
+class PlainModule(L.LightningModule):
+    """The least a LightningModule can be: the loss, an optimizer, nothing else (no logging,
+    checks or callbacks). Timing it shows what Lightning's loop itself costs."""
+
+    def __init__(self, model: torch.nn.Module, optimizer) -> None:
+        super().__init__()
+        self.model = model
+        self.optimizer_factory = optimizer
+
+    def training_step(self, x: torch.Tensor, batch_idx: int) -> torch.Tensor:
+        return self.model(x).loss
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return self.optimizer_factory(self.model.parameters())
+
+
+def run_plain_lightning(cfg: DictConfig, data: torch.Tensor) -> Timing:
+    """One epoch of ``PlainModule`` under a bare ``L.Trainer`` (no logger, checkpoints or bar)."""
+    from hydra.utils import instantiate
+
+    L.seed_everything(cfg.seed, workers=True)
+    objects = build(cfg)
+    timer = EpochTimer()
+    trainer = L.Trainer(
+        max_epochs=1,
+        accelerator=cfg.trainer.accelerator,
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+        callbacks=[timer],
+    )
+    dm = objects["datamodule"]
+    dm.splits = {"train": data, "val": data[:0], "test": data[:0]}
+    trainer.fit(PlainModule(objects["model"], instantiate(cfg.optimizer)), datamodule=dm)
+    return timer.times[-1], timer.cpu[-1], timer.steps
