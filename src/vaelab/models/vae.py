@@ -22,7 +22,19 @@ from vaelab.distributions import (
 from vaelab.models.base import GenerativeModel, Terms
 from vaelab.objectives import ELBOObjective, iwae_bound, kl_or_estimate
 
-DEFAULT_CHUNK_ROWS = 1 << 15
+# Decoder rows per L_k chunk. On the CPU a chunk's (rows x 784) float32 temporaries must stay under
+# glibc's largest mmap threshold (32 MiB), or each chunk maps fresh pages and page-faults on every
+# touch: 4096 rows made L_5000 23 % faster than 32768 on this project's machine (7.5 million page
+# faults fewer per 200 images). A GPU wants large chunks.
+CPU_CHUNK_ROWS = 1 << 12
+CUDA_CHUNK_ROWS = 1 << 15
+
+
+def chunk_rows(configured: int | None, device: torch.device) -> int:
+    """``configured``, or the default for ``device`` when it is ``None``."""
+    if configured is not None:
+        return int(configured)
+    return CPU_CHUNK_ROWS if device.type == "cpu" else CUDA_CHUNK_ROWS
 
 
 def sample_chunks(num_samples: int, batch_size: int, chunk_rows: int) -> list[int]:
@@ -45,7 +57,8 @@ class VAE(GenerativeModel):
         objective: ``ELBOObjective`` (beta, warm-up, capacity, ``iwae_samples``); plain ELBO if None.
         prior: ``p(z)``; defaults to ``StandardNormalPrior(latent_dim)``.
         eval_chunk_rows: bound on ``num_samples * batch`` decoder rows per chunk in
-            ``log_likelihood`` (memory knob; does not change the result).
+            ``log_likelihood`` (memory and speed knob; does not change the result). ``None``:
+            4096 on the CPU, 32768 on a GPU.
     """
 
     def __init__(
@@ -56,7 +69,7 @@ class VAE(GenerativeModel):
         latent_dim: int,
         objective: ELBOObjective | None = None,
         prior: StandardNormalPrior | None = None,
-        eval_chunk_rows: int = DEFAULT_CHUNK_ROWS,
+        eval_chunk_rows: int | None = None,
     ) -> None:
         super().__init__()
         self.data_shape = tuple(int(s) for s in data_shape)
@@ -65,7 +78,7 @@ class VAE(GenerativeModel):
         self.decoder = decoder
         self.prior = prior if prior is not None else StandardNormalPrior(self.latent_dim)
         self.objective = objective if objective is not None else ELBOObjective()
-        self.eval_chunk_rows = int(eval_chunk_rows)
+        self.eval_chunk_rows = eval_chunk_rows
         if getattr(encoder, "latent_dim", self.latent_dim) != self.latent_dim:
             raise ValueError(
                 f"encoder.latent_dim={encoder.latent_dim} does not match latent_dim={self.latent_dim}"
@@ -120,7 +133,9 @@ class VAE(GenerativeModel):
         qz = self.encoder(x)
         chunks = [
             self._log_weights(x, qz, c)[0]
-            for c in sample_chunks(num_samples, x.shape[0], self.eval_chunk_rows)
+            for c in sample_chunks(
+                num_samples, x.shape[0], chunk_rows(self.eval_chunk_rows, x.device)
+            )
         ]
         return iwae_bound(torch.cat(chunks, dim=0), dim=0)
 
