@@ -99,6 +99,7 @@ class GenerativeModule(L.LightningModule):
         self.run_config: dict[str, Any] | None = None  # set by vaelab.train; saved in checkpoints
         self._metrics: dict[str, MeanMetric] = {}
         self._au_stats: dict[str, list[Tensor]] = {}
+        self.last_train_metrics: dict[str, float] = {}  # the last train/* values written
 
     def __setattr__(self, name: str, value: Any) -> None:
         # Lightning sets ``_current_fx_name`` (a string or None) around every hook call, some
@@ -134,19 +135,40 @@ class GenerativeModule(L.LightningModule):
 
     # -- training ------------------------------------------------------------------------------
     def training_step(self, x: Tensor, batch_idx: int) -> Tensor:
-        self.model.set_training_step(self.global_step)
+        step = self.global_step
+        self.model.set_training_step(step)
         terms = self.model(x)
         loss = terms.loss
         if not torch.isfinite(loss):
             self._stop(f"training loss is {loss.item()}")
-        # Logged on the Trainer's logging steps only: self.log costs ~0.1 ms a call, which is a
-        # measurable share of a small model's step (benchmarks/epoch_speed.py).
-        if self.global_step % max(1, self.trainer.log_every_n_steps) == 0:
-            self.log("train/loss", loss.detach(), prog_bar=True)
-            for name, value in terms.items().items():
-                self.log(f"train/{name}", value.detach().float().mean())
-            self.log("train/bpd", self._bpd(-terms.elbo.detach().float()).mean())
+        if step % max(1, self.trainer.log_every_n_steps) == 0:
+            self._log_training_terms(step, loss, terms)
         return loss
+
+    def _log_training_terms(self, step: int, loss: Tensor, terms: Any) -> None:
+        """Write this step's training terms to every logger, labelled with this step.
+
+        They go to the loggers directly rather than through ``self.log``, for two reasons:
+        Lightning writes step metrics when ``(step + 1) % log_every_n_steps == 0``, so values
+        computed at step ``s`` would be labelled ``s + log_every_n_steps - 1``; and it keeps every
+        key ever passed to ``self.log`` for the rest of the epoch, re-reading all of them after each
+        batch (~5 us a key a step, a measurable share of a small model's step). ``train/loss`` still
+        goes through ``self.log`` (``logger=False``) for the progress bar and ``callback_metrics``
+        (e.g. ``ModelCheckpoint(monitor="train/loss")``). The last values written are kept in
+        ``last_train_metrics`` (``vaelab-train`` puts them in ``metrics.json``).
+        """
+        values = {"train/loss": loss.detach()}
+        for name, value in terms.items().items():
+            values[f"train/{name}"] = value.detach().float().mean()
+        values["train/bpd"] = self._bpd(-terms.elbo.detach().float()).mean()
+        self.log("train/loss", values["train/loss"], prog_bar=True, logger=False)
+        # One device-to-host copy for all of them (a NaN stays a NaN: it is reported, not dropped).
+        scalars = torch.stack([v.float() for v in values.values()]).tolist()
+        self.last_train_metrics = dict(zip(values, scalars, strict=True))
+        if self.trainer.is_global_zero:  # train/* are rank 0's batch means
+            row = {**self.last_train_metrics, "epoch": self.current_epoch}
+            for logger in self.loggers:
+                logger.log_metrics(row, step=step)
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         if not self.check_grads:

@@ -98,6 +98,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     try:
         if cfg.get("train", True):
             trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+            metrics.update(module.last_train_metrics)  # train/*, as last written to the loggers
             metrics.update(to_float_dict(trainer.callback_metrics))
             for key in ("best_model_path", "last_model_path"):
                 fit_ckpts[key] = getattr(trainer.checkpoint_callback, key, "") or ""

@@ -214,6 +214,61 @@ def test_real_mnist_short_training_lowers_validation_loss(real_mnist: Path, tmp_
     assert val[2] < 200.0  # past the mean-image plateau (~215 nats)
 
 
+class LossPerStep(Callback):
+    """The loss each optimizer step's training_step returned, by global step."""
+
+    def __init__(self) -> None:
+        self.loss: dict[int, float] = {}
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, module: L.LightningModule, out, batch, idx
+    ) -> None:
+        self.loss[trainer.global_step - 1] = float(out["loss"])  # the step has been taken
+
+
+def test_training_rows_carry_the_values_of_the_step_they_are_labelled_with(
+    fake_mnist: Path, tmp_path: Path
+) -> None:
+    # Lightning writes self.log'ed step metrics at (step + 1) % n == 0, so values computed at step
+    # s would appear under step s + n - 1; vaelab writes them under the step that computed them.
+    cfg = compose_train(
+        [
+            "trainer.max_epochs=2",
+            "trainer.limit_train_batches=8",
+            "trainer.log_every_n_steps=3",
+            "test=false",
+            "logger=csv",
+            "+callbacks.loss_per_step._target_=tests.integration.test_train.LossPerStep",
+        ],
+        tmp_path,
+        fake_mnist,
+    )
+    metrics, objects = train(cfg)
+    # Hydra imports this module again under its dotted name: match the class by name.
+    (recorder,) = [c for c in objects["callbacks"] if type(c).__name__ == "LossPerStep"]
+    assert sorted(recorder.loss) == list(range(16))
+    import csv
+
+    with open(tmp_path / "run" / "csv" / "metrics.csv") as f:
+        rows = [r for r in csv.DictReader(f) if r.get("train/loss")]
+    assert [int(r["step"]) for r in rows] == [0, 3, 6, 9, 12, 15]
+    for r in rows:
+        step = int(r["step"])
+        assert float(r["train/loss"]) == pytest.approx(recorder.loss[step], rel=1e-6), step
+        assert int(r["epoch"]) == step // 8
+        for term in ("train/elbo", "train/rate", "train/distortion", "train/bpd"):
+            assert r[term] != "", (term, step)
+        # -ELBO = rate + distortion, within one row: all values are of the same step.
+        assert -float(r["train/elbo"]) == pytest.approx(
+            float(r["train/rate"]) + float(r["train/distortion"]), rel=1e-5
+        )
+    # metrics.json keeps the last values written, and the progress bar's train/loss agrees.
+    saved = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert saved["train/loss"] == pytest.approx(recorder.loss[15], rel=1e-6)
+    assert saved["train/rate"] == pytest.approx(float(rows[-1]["train/rate"]), rel=1e-6)
+    assert metrics["train/rate"] == saved["train/rate"]
+
+
 class PoisonAfterLastStep(Callback):
     """NaN into a weight after the last optimizer step of epoch ``epoch``: the loss check cannot see
     it before the epoch-end checkpoint, so the save itself must refuse."""
