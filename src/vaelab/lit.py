@@ -153,15 +153,17 @@ class GenerativeModule(L.LightningModule):
         computed at step ``s`` would be labelled ``s + log_every_n_steps - 1``; and it keeps every
         key ever passed to ``self.log`` for the rest of the epoch, re-reading all of them after each
         batch (~5 us a key a step, a measurable share of a small model's step). ``train/loss`` still
-        goes through ``self.log`` (``logger=False``) for the progress bar and ``callback_metrics``
-        (e.g. ``ModelCheckpoint(monitor="train/loss")``). The last values written are kept in
-        ``last_train_metrics`` (``vaelab-train`` puts them in ``metrics.json``).
+        goes through ``self.log`` (``logger=False``) for ``callback_metrics`` (e.g.
+        ``ModelCheckpoint(monitor="train/loss")``), but not with ``prog_bar=True``: Lightning would
+        call ``.item()`` on it after every batch, a host-device sync each step on a GPU. The last
+        values written are kept as floats in ``last_train_metrics``; the progress bar shows
+        ``train/loss`` from there, and ``vaelab-train`` puts them in ``metrics.json``.
         """
         values = {"train/loss": loss.detach()}
         for name, value in terms.items().items():
             values[f"train/{name}"] = value.detach().float().mean()
         values["train/bpd"] = self._bpd(-terms.elbo.detach().float()).mean()
-        self.log("train/loss", values["train/loss"], prog_bar=True, logger=False)
+        self.log("train/loss", values["train/loss"], logger=False)
         # One device-to-host copy for all of them (a NaN stays a NaN: it is reported, not dropped).
         scalars = torch.stack([v.float() for v in values.values()]).tolist()
         self.last_train_metrics = dict(zip(values, scalars, strict=True))

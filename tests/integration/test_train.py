@@ -269,6 +269,51 @@ def test_training_rows_carry_the_values_of_the_step_they_are_labelled_with(
     assert metrics["train/rate"] == saved["train/rate"]
 
 
+class BarProbe(Callback):
+    """What the progress bar would show after each training batch."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[dict, dict, float | None]] = []
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, module: L.LightningModule, out, batch, idx
+    ) -> None:
+        bar = trainer.progress_bar_callback
+        self.seen.append(
+            (
+                dict(trainer.progress_bar_metrics),
+                bar.get_metrics(trainer, module),
+                module.last_train_metrics.get("train/loss"),
+            )
+        )
+
+
+def test_progress_bar_shows_the_loss_without_a_per_step_prog_bar_metric(
+    fake_mnist: Path, tmp_path: Path
+) -> None:
+    # Lightning turns every prog_bar=True value into a Python number after every batch (a device
+    # sync each step on a GPU); the bar reads the module's last logged float instead.
+    cfg = compose_train(
+        [
+            "trainer.enable_progress_bar=true",
+            "trainer.log_every_n_steps=2",
+            "test=false",
+            "+callbacks.bar_probe._target_=tests.integration.test_train.BarProbe",
+        ],
+        tmp_path,
+        fake_mnist,
+    )
+    _, objects = train(cfg)
+    (probe,) = [c for c in objects["callbacks"] if type(c).__name__ == "BarProbe"]
+    assert len(probe.seen) == 4
+    for lightning_pbar, shown, last in probe.seen:
+        assert not any(k.startswith("train/") for k in lightning_pbar), lightning_pbar
+        assert shown["train/loss"] == last
+    assert [s[2] for s in probe.seen][:2] == [probe.seen[0][2]] * 2  # steps 0, 1: step 0's loss
+    assert probe.seen[2][2] != probe.seen[0][2]  # step 2 logged anew
+    assert "train/loss" in objects["trainer"].callback_metrics  # still monitorable
+
+
 class PoisonAfterLastStep(Callback):
     """NaN into a weight after the last optimizer step of epoch ``epoch``: the loss check cannot see
     it before the epoch-end checkpoint, so the save itself must refuse."""

@@ -5,7 +5,9 @@ them on every batch. For a small model a step takes about a millisecond on a GPU
 a visible share of it. :class:`ThroughputProgressBar` updates at most ``refresh_rate`` times per
 second (always on the last batch), shows images per second over all processes next to it/s, and
 drops Lightning's ``v_num``. The loss shown is ``train/loss`` as last logged (every
-``trainer.log_every_n_steps`` steps).
+``trainer.log_every_n_steps`` steps), read from the module's ``last_train_metrics`` (a float
+copied once per logging step) rather than from a ``prog_bar=True`` metric, which Lightning turns
+into a Python number after every batch: a host-device sync each step on a GPU.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Any
 import lightning as L
 from lightning.pytorch.callbacks import RichProgressBar
 from lightning.pytorch.callbacks.progress.rich_progress import RichProgressBarTheme
+from lightning.pytorch.trainer.states import TrainerFn
 from rich.progress import ProgressColumn, Task
 from rich.text import Text
 from torch import Tensor
@@ -92,6 +95,9 @@ class ThroughputProgressBar(RichProgressBar):
     def get_metrics(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, Any]:
         items = super().get_metrics(trainer, pl_module)
         items.pop("v_num", None)
+        loss = getattr(pl_module, "last_train_metrics", {}).get("train/loss")
+        if loss is not None and trainer.state.fn == TrainerFn.FITTING:
+            items["train/loss"] = loss
         return items
 
     def _due(self, batch_idx: int, total: float) -> bool:
