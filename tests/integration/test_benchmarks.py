@@ -1,0 +1,65 @@
+"""Smoke tests: the benchmark scripts run end to end on tiny data and report what they claim to.
+
+They check that the scripts keep working as the package changes (and that their ratios are sane
+numbers); they make no speed claim. The measured ratios are in the README, with their commands.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.conftest import REPO
+
+
+def run_benchmark(script: str, args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / script), *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+def test_epoch_speed_reports_every_ratio(fake_mnist: Path, tmp_path: Path) -> None:
+    out = tmp_path / "speed.json"
+    r = run_benchmark(
+        "epoch_speed.py",
+        [
+            *("--reps", "1", "--train-images", "300", "--data-dir", str(fake_mnist)),
+            *("--plain-lightning", "--ll", "--ll-images", "20", "--ll-k", "10", "--ll-batch", "10"),
+            *("--json", str(out)),
+        ],
+        tmp_path,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    d = json.loads(out.read_text())
+    assert d["train_images"] == 300 and d["batch_size"] == 100 and d["threads"] == 1
+    assert len(d["bare_epoch_s"]) == len(d["vaelab_epoch_s"]) == 1
+    for key in ("ratio", "pair_ratio_median", "step_ratio", "cpu_ratio", "plain_lightning_ratio"):
+        assert 0.2 < d[key] < 5.0, (key, d[key])  # sane, not a speed claim (3 steps of a tiny run)
+    assert d["ll_images"] == 20 and d["ll_k"] == 10 and d["ll_seconds"] >= 0  # rounded to 0.01 s
+
+
+def test_flow_speed_runs(fake_mnist: Path, tmp_path: Path) -> None:
+    out = tmp_path / "flow.json"
+    r = run_benchmark(
+        "flow_speed.py",
+        [
+            *("--experiment", "none", "model=realnvp_mlp", "data=mnist", "--batch-size", "50"),
+            *("--reps", "1", "--train-images", "150", "--data-dir", str(fake_mnist)),
+            *("--json", str(out)),
+        ],
+        tmp_path,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    d = json.loads(out.read_text())
+    ratios = {k: v for k, v in d.items() if "ratio" in k and isinstance(v, int | float)}
+    assert ratios, d
+    assert all(0.2 < v < 5.0 for v in ratios.values()), ratios
