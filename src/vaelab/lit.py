@@ -20,7 +20,7 @@ from torch import Tensor
 from torchmetrics import MeanMetric
 
 from vaelab.data.loader import global_batch_index
-from vaelab.models.base import GenerativeModel
+from vaelab.models.base import GenerativeModel, Terms
 from vaelab.objectives import bits_per_dim
 
 # Validation and test figures are logged already reduced over processes (MeanMetric sums values and
@@ -100,6 +100,7 @@ class GenerativeModule(L.LightningModule):
         self._metrics: dict[str, MeanMetric] = {}
         self._au_stats: dict[str, list[Tensor]] = {}
         self.last_train_metrics: dict[str, float] = {}  # the last train/* values written
+        self._last_logged_step = -1
 
     def __setattr__(self, name: str, value: Any) -> None:
         # Lightning sets ``_current_fx_name`` (a string or None) around every hook call, some
@@ -141,11 +142,13 @@ class GenerativeModule(L.LightningModule):
         loss = terms.loss
         if not torch.isfinite(loss):
             self._stop(f"training loss is {loss.item()}")
-        if step % max(1, self.trainer.log_every_n_steps) == 0:
+        # Once per logging step (with gradient accumulation several batches share a global step).
+        if step % max(1, self.trainer.log_every_n_steps) == 0 and step != self._last_logged_step:
+            self._last_logged_step = step
             self._log_training_terms(step, loss, terms)
         return loss
 
-    def _log_training_terms(self, step: int, loss: Tensor, terms: Any) -> None:
+    def _log_training_terms(self, step: int, loss: Tensor, terms: Terms) -> None:
         """Write this step's training terms to every logger, labelled with this step.
 
         They go to the loggers directly rather than through ``self.log``, for two reasons:

@@ -269,6 +269,25 @@ def test_training_rows_carry_the_values_of_the_step_they_are_labelled_with(
     assert metrics["train/rate"] == saved["train/rate"]
 
 
+def test_accumulated_batches_write_one_row_per_step(fake_mnist: Path, tmp_path: Path) -> None:
+    cfg = compose_train(
+        [
+            "+trainer.accumulate_grad_batches=2",
+            "trainer.log_every_n_steps=1",
+            "test=false",
+            "logger=csv",
+        ],
+        tmp_path,
+        fake_mnist,
+    )
+    train(cfg)  # 4 batches, 2 optimizer steps
+    import csv
+
+    with open(tmp_path / "run" / "csv" / "metrics.csv") as f:
+        steps = [int(r["step"]) for r in csv.DictReader(f) if r.get("train/loss")]
+    assert steps == [0, 1]
+
+
 class BarProbe(Callback):
     """What the progress bar would show after each training batch."""
 
