@@ -11,12 +11,12 @@ from vaelab.optim import iwae_epochs
 
 
 def config_dir() -> str:
-    """Absolute path of vaelab's ``conf/`` folder (the repository's, or the installed copy's)."""
-    here = Path(__file__).resolve()
-    for candidate in (here.parents[2] / "conf", here.parent / "conf"):
-        if (candidate / "train.yaml").is_file():
-            return str(candidate)
-    raise FileNotFoundError(f"vaelab's conf/ folder was not found near {here}")
+    """Absolute path of vaelab's packaged configs (``src/vaelab/conf``, shipped in the wheel).
+
+    Users add their own config folders with Hydra's ``--config-dir DIR`` (or ``hydra.searchpath``);
+    groups found there extend or override these.
+    """
+    return str(Path(__file__).resolve().parent / "conf")
 
 
 def register_resolvers() -> None:
