@@ -4,6 +4,8 @@ Nothing here is model-specific. The model returns ``Terms``; this module logs ev
 ``{stage}/{name}`` (batch means in training, exact dataset means at validation and test),
 adds ``{stage}/nll`` (``-L_k`` with ``k = val_num_samples`` or ``test_num_samples``) and
 ``{stage}/bpd`` (bits per dimension in pixel space), and stops on a non-finite loss or gradient.
+Every validation and test figure that is a mean over images also gets its standard error over the
+images, ``{stage}/{name}_se`` (``vaelab.evaluation.stats``), exact under DDP.
 """
 
 from __future__ import annotations
@@ -17,14 +19,14 @@ import lightning as L
 import torch
 from lightning.pytorch.utilities.warnings import PossibleUserWarning
 from torch import Tensor
-from torchmetrics import MeanMetric
 
 from vaelab.data.loader import global_batch_index
+from vaelab.evaluation.stats import MeanWithError
 from vaelab.models.base import GenerativeModel, Terms
 from vaelab.objectives import bits_per_dim
 
-# Validation and test figures are logged already reduced over processes (MeanMetric sums values and
-# counts), so Lightning's advice to add sync_dist=True does not apply to them.
+# Validation and test figures are logged already reduced over processes (MeanWithError sums values,
+# squares and counts), so Lightning's advice to add sync_dist=True does not apply to them.
 warnings.filterwarnings(
     "ignore",
     message=r".*when logging on epoch level in distributed setting.*",
@@ -97,7 +99,7 @@ class GenerativeModule(L.LightningModule):
         self.check_grads = bool(check_grads)
         self.init_from_data = bool(init_from_data)
         self.run_config: dict[str, Any] | None = None  # set by vaelab.train; saved in checkpoints
-        self._metrics: dict[str, MeanMetric] = {}
+        self._metrics: dict[str, MeanWithError] = {}
         self._au_stats: dict[str, list[Tensor]] = {}
         self.last_train_metrics: dict[str, float] = {}  # the last train/* values written
         self._last_logged_step = -1
@@ -231,16 +233,19 @@ class GenerativeModule(L.LightningModule):
     def _update(self, name: str, value: Tensor) -> None:
         metric = self._metrics.get(name)
         if metric is None:
-            # nan_strategy="disable": a NaN is reported as NaN, never averaged away.
-            metric = MeanMetric(nan_strategy="disable").to(self.device)
+            # Sums in float64; a NaN is reported as NaN, never averaged away.
+            metric = MeanWithError().to(self.device)
             self._metrics[name] = metric
-        metric.update(value.detach().float())
+        metric.update(value.detach())
 
     def _flush(self, stage: str) -> None:
         for name in sorted(k for k in self._metrics if k.startswith(f"{stage}/")):
             metric = self._metrics.pop(name)
-            value = metric.compute()  # reduced over all processes: sum of values / sum of counts
-            self.log(name, value, prog_bar=name == f"{stage}/nll", sync_dist=False)
+            # Reduced over all processes: sums of values, of squares and of counts.
+            mean, se = metric.compute()
+            self.log(name, mean.float(), prog_bar=name == f"{stage}/nll", sync_dist=False)
+            if name != f"{stage}/loss":  # the loss is a batch mean, not a per-image value
+                self.log(f"{name}_se", se.float(), sync_dist=False)
 
     def on_validation_epoch_end(self) -> None:
         self._flush("val")

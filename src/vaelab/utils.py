@@ -97,16 +97,18 @@ def print_summary(title: str, metrics: Mapping[str, float], where: Mapping[str, 
     table.add_column("metric")
     table.add_column("value", justify="right")
     table.add_column("unit")
+    from vaelab.evaluation.stats import format_with_error
+
     for k in sorted(metrics):
         stage, _, name = k.partition("/")
-        if stage not in ("val", "test") or name.startswith("iwae_bound"):
+        if stage not in ("val", "test") or name.startswith("iwae_bound") or k.endswith("_se"):
             continue
         base = name.split("/")[0]
-        table.add_row(
-            k,
-            f"{metrics[k]:.4f}" if base != "active_units" else f"{metrics[k]:.0f}",
-            units.get(base, "nats/image"),
-        )
+        if base == "active_units":
+            value = f"{metrics[k]:.0f}"
+        else:  # "98.68 ± 0.25": the mean over images and its standard error, where there is one
+            value = format_with_error(metrics[k], metrics.get(f"{k}_se"))
+        table.add_row(k, value, units.get(base, "nats/image"))
     console = Console()
     console.print(table)
     for k, v in where.items():

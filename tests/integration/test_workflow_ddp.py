@@ -1,7 +1,7 @@
 """DDP on CPU (2 processes, gloo): training steps run, and evaluation is exactly the single-process one.
 
 Evaluation batches are dealt whole to the ranks and seeded by their global index, and the figures
-are MeanMetrics (sums and counts reduced over ranks), so ``val/nll`` and ``test/nll`` under DDP
+are sums, sums of squares and counts reduced over ranks, so ``val/nll`` and ``test/nll`` under DDP
 equal a single-process evaluation of the same checkpoint. The splits are chosen so that the ranks
 get different numbers of images (test: 200 images in batches of 90 -> rank 0 gets 110, rank 1 90;
 val: 100 -> 90 and 10), where averaging per-rank means would give a different number.
@@ -71,6 +71,10 @@ def test_ddp_cpu_trains_and_matches_single_process_nll(fake_mnist: Path, tmp_pat
     single_val = evaluate_single_process(best, fake_mnist, tmp_path / "eval_val", "val")
     for key in ("test/nll", "test/elbo", "test/rate", "test/distortion", "test/bpd"):
         assert m[key] == pytest.approx(single_test[key], rel=1e-6, abs=1e-6), key
+        # The standard error too: from sums, sums of squares and counts reduced over the ranks
+        # (110 and 90 images: averaging per-rank errors would give another number).
+        assert m[f"{key}_se"] > 0
+        assert m[f"{key}_se"] == pytest.approx(single_test[f"{key}_se"], rel=1e-5), key
     # val/nll was computed inside fit, after the 4 steps whose weights the checkpoint holds.
     for key in ("val/nll", "val/elbo", "val/rate"):
         assert m[key] == pytest.approx(single_val[key], rel=1e-6, abs=1e-6), key
