@@ -112,8 +112,9 @@ class ActNorm(Transform):
 
     The first ``forward`` in training mode sets ``bias = -mean`` and ``log_scale = -log(std + eps)``
     of that batch (per channel) and marks the layer initialised (a buffer, saved in checkpoints).
-    Before that it is the identity. Under DDP each process would initialise from its own batch:
-    run one batch before wrapping the model, or use ``InvertibleBatchNorm``.
+    Before that it is the identity. Under DDP (``torch.distributed`` initialised) the statistics
+    are all-reduced, so every process initialises from the union of the first batches and the
+    replicas hold identical parameters.
 
     Args:
         num_features: number of channels C (dim 1 of the input).
@@ -135,7 +136,18 @@ class ActNorm(Transform):
     @torch.no_grad()
     def _initialize(self, x: Tensor) -> None:
         dims = [0, *range(2, x.dim())]
-        std, mean = torch.std_mean(x.to(acc_dtype(x)), dim=dims, correction=0)
+        xf = x.to(torch.float64)
+        # Per-channel count, sum and sum of squares, summed over every process under DDP, so all
+        # replicas start from the statistics of the union of their first batches (identical
+        # parameters; each rank's own batch would leave them silently different).
+        stats = torch.stack(
+            [xf.new_full((x.shape[1],), x.numel() / x.shape[1]), xf.sum(dims), (xf * xf).sum(dims)]
+        )
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.all_reduce(stats)
+        n, total, total_sq = stats
+        mean = total / n
+        std = (total_sq / n - mean * mean).clamp(min=0.0).sqrt()
         self.bias.copy_(-mean)
         self.log_scale.copy_(-torch.log(std + self.eps))
         self.initialized.fill_(True)
