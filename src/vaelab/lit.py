@@ -20,10 +20,18 @@ import torch
 from lightning.pytorch.utilities.warnings import PossibleUserWarning
 from torch import Tensor
 
+from vaelab.data.base import TensorImageDataModule
 from vaelab.data.loader import global_batch_index
-from vaelab.evaluation.stats import MeanWithError
-from vaelab.models.base import GenerativeModel, Terms
-from vaelab.objectives import bits_per_dim
+from vaelab.evaluation import (
+    ActiveUnitStatistic,
+    MeanWithError,
+    batch_figures,
+    bits_per_dim,
+    check_kind,
+    full_precision,
+    has_bits_per_dim,
+)
+from vaelab.models.base import GenerativeModel, LatentVariableModel, Terms
 
 # Validation and test figures are logged already reduced over processes (MeanWithError sums values,
 # squares and counts), so Lightning's advice to add sync_dist=True does not apply to them.
@@ -51,7 +59,8 @@ class GenerativeModule(L.LightningModule):
         scheduler_interval: ``epoch`` or ``step``.
         val_num_samples: k for ``val/nll`` (``L_k``); 0 skips it.
         test_num_samples: k for ``test/nll`` (default 5000, the IWAE protocol).
-        data_kind: ``binary`` or ``pixels``; read from the DataModule's ``info`` when there is one.
+        data_kind: ``binary``, ``dequantized`` or ``unit`` (``vaelab.evaluation.units``); read
+            from the DataModule's ``info`` when there is one, required otherwise (no default).
         eval_seed: seed of the evaluation noise (each batch seeded by its global index, so results
             do not depend on the number of processes).
         active_units: compute active units per latent layer at test time (latent models only).
@@ -100,7 +109,7 @@ class GenerativeModule(L.LightningModule):
         self.init_from_data = bool(init_from_data)
         self.run_config: dict[str, Any] | None = None  # set by vaelab.train; saved in checkpoints
         self._metrics: dict[str, MeanWithError] = {}
-        self._au_stats: dict[str, list[Tensor]] = {}
+        self._au_stats = ActiveUnitStatistic()
         self.last_train_metrics: dict[str, float] = {}  # the last train/* values written
         self._last_logged_step = -1
 
@@ -116,14 +125,18 @@ class GenerativeModule(L.LightningModule):
 
     # -- setup ---------------------------------------------------------------------------------
     def setup(self, stage: str) -> None:
-        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
-        info = getattr(dm, "info", None)
-        if info is not None:
-            self.data_kind = info.kind
-        if self.data_kind is not None:
-            self.model.check_data(self.data_kind)
+        dm = self.trainer.datamodule if self._trainer is not None else None
+        if isinstance(dm, TensorImageDataModule):
+            self.data_kind = dm.info.kind
+        if self.data_kind is None:
+            raise ValueError(
+                "GenerativeModule does not know what kind of data it evaluates: without a vaelab "
+                "DataModule pass data_kind='binary', 'dequantized' or 'unit' (it decides bits/dim "
+                "and which models are allowed)"
+            )
+        self.model.check_data(check_kind(self.data_kind))
         # Lightning restores a checkpoint after setup, so a resumed run keeps its trained weights.
-        if stage == "fit" and self.init_from_data and hasattr(dm, "train_mean"):
+        if stage == "fit" and self.init_from_data and isinstance(dm, TensorImageDataModule):
             self.model.init_from_data(dm.train_mean())
 
     def configure_optimizers(self) -> Any:
@@ -167,7 +180,8 @@ class GenerativeModule(L.LightningModule):
         values = {"train/loss": loss.detach()}
         for name, value in terms.items().items():
             values[f"train/{name}"] = value.detach().float().mean()
-        values["train/bpd"] = self._bpd(-terms.elbo.detach().float()).mean()
+        if has_bits_per_dim(self.data_kind):  # not defined for x / 255 ("unit") data
+            values["train/bpd"] = self._bpd(-terms.elbo.detach().float()).mean()
         self.log("train/loss", values["train/loss"], logger=False)
         # One device-to-host copy for all of them (a NaN stays a NaN: it is reported, not dropped).
         scalars = torch.stack([v.float() for v in values.values()]).tolist()
@@ -214,21 +228,17 @@ class GenerativeModule(L.LightningModule):
         devices = [x.device] if x.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(self.eval_seed + 1_000_003 * b)
-            terms = self.model(x)
-            for name, value in terms.items().items():
+            # Every figure in float32 whatever the trainer's precision (vaelab.evaluation).
+            figures = batch_figures(self.model, x, num_samples, self.data_kind)
+            for name, value in figures.items():
                 self._update(f"{stage}/{name}", value)
-            self._update(f"{stage}/loss", terms.loss.expand(x.shape[0]))
-            if getattr(self.model, "exact_likelihood", False):
-                # A flow's forward already computed the exact log p(x): no second pass.
-                nll = -terms.elbo.detach().float()
-                self._update(f"{stage}/nll", nll)
-                self._update(f"{stage}/bpd", self._bpd(nll))
-            elif num_samples > 0:
-                nll = -self.model.log_likelihood(x, num_samples).float()
-                self._update(f"{stage}/nll", nll)
-                self._update(f"{stage}/bpd", self._bpd(nll))
-            if stage == "test" and self.active_units and hasattr(self.model, "posterior_means"):
-                self._accumulate_active_units(self.model.posterior_means(x))
+            if (
+                stage == "test"
+                and self.active_units
+                and isinstance(self.model, LatentVariableModel)
+            ):
+                with full_precision(x.device):
+                    self._au_stats.update(self.model.posterior_means(x))
 
     def _update(self, name: str, value: Tensor) -> None:
         metric = self._metrics.get(name)
@@ -251,35 +261,17 @@ class GenerativeModule(L.LightningModule):
         self._flush("val")
 
     def on_test_epoch_start(self) -> None:
-        self._au_stats = {}
+        self._au_stats = ActiveUnitStatistic()
 
     def on_test_epoch_end(self) -> None:
         self._flush("test")
         if self._au_stats:
-            for layer, count in self._active_unit_counts().items():
+            gather = self.all_gather if self.trainer.world_size > 1 else None
+            for layer, count in self._au_stats.counts(all_gather=gather).items():
                 self.log(f"test/active_units/{layer}", float(count), sync_dist=False)
 
-    def _accumulate_active_units(self, means: dict[str, Tensor]) -> None:
-        # Streaming Cov_x(E_q[u|x]) per unit: sums in float64, reduced over processes at the end.
-        for layer, mu in means.items():
-            mu = mu.detach().double().reshape(mu.shape[0], -1)
-            stats = self._au_stats.setdefault(
-                layer, [mu.new_zeros(()), mu.new_zeros(mu.shape[1]), mu.new_zeros(mu.shape[1])]
-            )
-            stats[0] += mu.shape[0]
-            stats[1] += mu.sum(0)
-            stats[2] += (mu * mu).sum(0)
-
-    def _active_unit_counts(self, threshold: float = 1e-2) -> dict[str, int]:
-        out = {}
-        for layer, (n, s, ss) in self._au_stats.items():
-            n, s, ss = (self.trainer.strategy.reduce(t, reduce_op="sum") for t in (n, s, ss))
-            var = ss / n - (s / n) ** 2
-            out[layer] = int((var > threshold).sum())
-        return out
-
     def _bpd(self, nll: Tensor) -> Tensor:
-        return bits_per_dim(nll, self.model.num_dims, self.data_kind or "binary")
+        return bits_per_dim(nll, self.model.num_dims, self.data_kind)
 
     # -- checkpoints ---------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

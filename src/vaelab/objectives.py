@@ -47,23 +47,11 @@ def iwae_bound(log_w: Tensor, dim: int = 0) -> Tensor:
     return torch.logsumexp(log_w, dim=dim) - math.log(k)
 
 
-def bits_per_dim(nll: Tensor, num_dims: int, data_kind: str = "binary") -> Tensor:
-    """Convert a negative log-likelihood in nats per example to bits per dimension in pixel space.
+def bits_per_dim(nll: Tensor, num_dims: int, data_kind: str) -> Tensor:
+    """``vaelab.evaluation.units.bits_per_dim`` (its home; kept here for existing imports)."""
+    from vaelab.evaluation.units import bits_per_dim as convert
 
-    Binary data: ``bpd = nll / (D ln 2)``. 8-bit images modelled as a density on ``y = (x + u)/256``:
-    ``bpd = (nll + D ln 256) / (D ln 2)`` (PAPERS.md, Units): the ``D ln 256`` term is the
-    log-Jacobian that takes the density on ``[0, 1)`` back to pixel units.
-
-    Args:
-        nll: ``-log p(x)`` in nats, any shape.
-        num_dims: D, the number of sub-pixels per example.
-        data_kind: ``"binary"`` or ``"pixels"``.
-    """
-    if data_kind == "binary":
-        return nll / (num_dims * LN2)
-    if data_kind == "pixels":
-        return (nll + num_dims * math.log(256.0)) / (num_dims * LN2)
-    raise ValueError(f"data_kind must be 'binary' or 'pixels', got {data_kind!r}")
+    return convert(nll, num_dims, data_kind)
 
 
 class ELBOObjective(nn.Module):

@@ -74,3 +74,19 @@ def write_fake_mnist(
         write_idx(raw / f"{prefix}-images-idx3-ubyte", fake_digits(labels, g))
         write_idx(raw / f"{prefix}-labels-idx1-ubyte", labels)
     return root
+
+
+def write_fake_larochelle(root: str | Path, sizes: tuple[int, int, int] = (30, 10, 12)) -> dict:
+    """``root/BinarizedMNIST/binarized_mnist_{train,valid,test}.amat`` in Larochelle's format (one
+    image per line, 784 space-separated 0/1 values). Returns the written ``(N, 1, 28, 28)`` uint8
+    tensors by split name (``train``, ``val``, ``test``)."""
+    out = Path(root) / "BinarizedMNIST"
+    out.mkdir(parents=True, exist_ok=True)
+    g = torch.Generator().manual_seed(11)
+    written = {}
+    for split, fname, n in zip(("train", "val", "test"), ("train", "valid", "test"), sizes):
+        x = (torch.rand(n, 784, generator=g) < 0.2).to(torch.uint8)
+        lines = (" ".join(str(int(v)) for v in row) for row in x)
+        (out / f"binarized_mnist_{fname}.amat").write_text("\n".join(lines) + "\n")
+        written[split] = x.reshape(n, 1, 28, 28)
+    return written

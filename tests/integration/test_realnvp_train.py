@@ -43,7 +43,7 @@ def _check_flow_metrics(metrics: dict[str, float], num_dims: int, out: Path) -> 
     assert metrics["test/elbo"] == pytest.approx(
         metrics["test/log_pz"] + metrics["test/logdet"], rel=1e-5, abs=1e-2
     )
-    bpd = bits_per_dim(torch.tensor(metrics["test/nll"]), num_dims, "pixels").item()
+    bpd = bits_per_dim(torch.tensor(metrics["test/nll"]), num_dims, "dequantized").item()
     assert metrics["test/bpd"] == pytest.approx(bpd, rel=1e-5)
     assert json.loads((out / "metrics.json").read_text())["status"] == "ok"
 
@@ -124,7 +124,7 @@ def test_realnvp_cifar10_is_the_paper_setup(tmp_path: Path) -> None:
 def test_realnvp_mnist_experiment_composes(tmp_path: Path) -> None:
     cfg = compose_train(["experiment=realnvp_mnist"], tmp_path, tiny=False)
     dm = instantiate(cfg.data)
-    assert isinstance(dm, MNISTDataModule) and dm.kind == "pixels" and dm.dequantize
+    assert isinstance(dm, MNISTDataModule) and dm.kind == "dequantized" and dm.dequantize
     model = instantiate(cfg.model)
     assert isinstance(model, RealNVP) and model.num_scales == 2
 

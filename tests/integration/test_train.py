@@ -38,7 +38,7 @@ def test_fast_dev_run_every_model_and_data(
     kind = objects["datamodule"].kind
     d = 784
     expected_bpd = metrics["test/nll"] / (d * 0.6931471805599453)
-    if kind == "pixels":
+    if kind == "dequantized":
         expected_bpd += 8.0
     assert metrics["test/bpd"] == pytest.approx(expected_bpd, rel=1e-4)
     if model.startswith("realnvp"):  # exact likelihood, computed once by forward
@@ -52,7 +52,7 @@ def test_bernoulli_on_pixel_data_is_refused(fake_mnist: Path, tmp_path: Path) ->
     cfg = compose_train(
         ["data=mnist", "model=vae", "+trainer.fast_dev_run=true"], tmp_path, fake_mnist
     )
-    with pytest.raises(ValueError, match=r"cannot model 'pixels' data.*data=binarized_mnist"):
+    with pytest.raises(ValueError, match=r"cannot model 'dequantized' data.*data=binarized_mnist"):
         train(cfg)
 
 

@@ -75,6 +75,8 @@ def test_ddp_cpu_trains_and_matches_single_process_nll(fake_mnist: Path, tmp_pat
         # (110 and 90 images: averaging per-rank errors would give another number).
         assert m[f"{key}_se"] > 0
         assert m[f"{key}_se"] == pytest.approx(single_test[f"{key}_se"], rel=1e-5), key
+    # Active units: per-rank (count, mean, M2) combined exactly over the ranks.
+    assert m["test/active_units/z"] == single_test["test/active_units/z"]
     # val/nll was computed inside fit, after the 4 steps whose weights the checkpoint holds.
     for key in ("val/nll", "val/elbo", "val/rate"):
         assert m[key] == pytest.approx(single_val[key], rel=1e-6, abs=1e-6), key

@@ -88,5 +88,10 @@ def test_log_sum_exps_and_log_dets_are_float32_under_bf16_autocast(
     assert terms.loss.dtype == torch.float32 and mixed.dtype == torch.float32
     assert all(v.dtype == torch.float32 for v in terms.items().values())
     assert torch.isfinite(mixed).all()
-    # bf16 matmuls (8-bit mantissa) move log p(x) by well under 1%; the reductions add no more.
-    assert torch.allclose(mixed, exact, rtol=1e-2, atol=1.0), (mixed, exact)
+    if model == "realnvp_mlp":
+        # A flow's own log_likelihood keeps the trainer's autocast (its matmuls in bf16 move
+        # log p(x) by well under 1%); the reported figures come from vaelab.evaluation, in float32.
+        assert torch.allclose(mixed, exact, rtol=1e-2, atol=1.0), (mixed, exact)
+    else:
+        # L_k is the evaluator's: float32 whatever the autocast (tests/unit/test_precision.py).
+        torch.testing.assert_close(mixed, exact, rtol=0, atol=1e-5)

@@ -73,7 +73,9 @@ def test_reads_official_format(fake_root: tuple[Path, dict[str, np.ndarray]]) ->
 def test_datamodule_splits_and_transforms(fake_root: tuple[Path, dict[str, np.ndarray]]) -> None:
     root, _ = fake_root
     dm = CIFAR10DataModule(str(root), batch_size=8, eval_batch_size=7, val_size=10, download=False)
-    assert dm.info.shape == (3, 32, 32) and dm.info.kind == "pixels" and dm.info.num_dims == 3072
+    assert (
+        dm.info.shape == (3, 32, 32) and dm.info.kind == "dequantized" and dm.info.num_dims == 3072
+    )
     dm.setup()
     assert [dm.splits[s].shape[0] for s in ("train", "val", "test")] == [50, 10, 10]
     assert dm.splits["train"].dtype == torch.uint8

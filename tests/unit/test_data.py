@@ -56,7 +56,7 @@ def test_static_and_threshold_binarization(fake_mnist: Path) -> None:
     t = dm(fake_mnist, binarize="threshold")
     raw = t.splits["test"][:500]
     torch.testing.assert_close(next(iter(t.test_dataloader())), (raw > 127).float()[:500])
-    assert t.kind == "binary" and dm(fake_mnist).kind == "pixels"
+    assert t.kind == "binary" and dm(fake_mnist).kind == "dequantized"
 
 
 def test_dequantized_pixels_in_unit_interval(fake_mnist: Path) -> None:

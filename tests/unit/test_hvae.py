@@ -338,10 +338,10 @@ def test_gaussian_likelihood_from_hydra_config() -> None:
     m = instantiate(cfg)
     assert isinstance(m.decoder, GaussianLikelihood)
     torch.testing.assert_close(m.decoder.log_std.exp(), torch.full(SHAPE, 0.2))
-    m.check_data("pixels")
+    m.check_data("dequantized")
     assert torch.isfinite(m(torch.rand(3, *SHAPE)).loss)
-    with pytest.raises(ValueError, match="cannot model 'pixels'"):
-        HierarchicalVAE(SHAPE, TWO_LAYERS, likelihood="bernoulli").check_data("pixels")
+    with pytest.raises(ValueError, match="cannot model 'dequantized'"):
+        HierarchicalVAE(SHAPE, TWO_LAYERS, likelihood="bernoulli").check_data("dequantized")
     with pytest.raises(ValueError, match="BernoulliLikelihood needs binary data"):
         HierarchicalVAE(SHAPE, TWO_LAYERS)(torch.rand(2, *SHAPE))
 

@@ -76,6 +76,6 @@ def test_bits_per_dim_closed_forms() -> None:
     # Binary: a uniform Bernoulli(0.5) model has -log p = D ln 2, i.e. exactly 1 bit/dim.
     assert bits_per_dim(torch.tensor(784 * math.log(2)), 784, "binary").item() == pytest.approx(1.0)
     # Pixels: a uniform density on [0, 1) has log p(y) = 0 -> log2(256) = 8 bits/dim.
-    assert bits_per_dim(torch.tensor(0.0), 3072, "pixels").item() == pytest.approx(8.0)
+    assert bits_per_dim(torch.tensor(0.0), 3072, "dequantized").item() == pytest.approx(8.0)
     with pytest.raises(ValueError):
         bits_per_dim(torch.tensor(0.0), 10, "other")

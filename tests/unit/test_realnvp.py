@@ -113,7 +113,7 @@ def test_bpd_against_closed_form_identity_flow() -> None:
     ll = m.log_likelihood(y)
     expected = -0.5 * (0.25 + 0.0625 + 0.5625) - 2 * math.log(2 * math.pi)
     torch.testing.assert_close(ll, torch.tensor([expected]))
-    bpd = bits_per_dim(-ll, 4, "pixels")
+    bpd = bits_per_dim(-ll, 4, "dequantized")
     torch.testing.assert_close(bpd, torch.tensor([(-expected + 4 * math.log(256)) / (4 * LN2)]))
     assert bpd.item() == pytest.approx(8.0 + (-expected) / (4 * LN2), rel=1e-6)
 
@@ -127,7 +127,7 @@ def test_bpd_against_closed_form_identity_flow_with_logit() -> None:
     z = math.log(p / (1 - p))
     per_dim = -0.5 * z * z - 0.5 * math.log(2 * math.pi) + math.log(1 - a) - math.log(p * (1 - p))
     torch.testing.assert_close(m.log_likelihood(y), torch.tensor([4 * per_dim]))
-    bpd = bits_per_dim(-m.log_likelihood(y), 4, "pixels")
+    bpd = bits_per_dim(-m.log_likelihood(y), 4, "dequantized")
     torch.testing.assert_close(bpd, torch.tensor([8.0 - per_dim / LN2]))
 
 
@@ -244,7 +244,7 @@ def test_construction_errors() -> None:
 
 def test_check_data_refuses_binary() -> None:
     m = RealNVPMLP((1, 4, 4), hidden=8)
-    m.check_data("pixels")
+    m.check_data("dequantized")
     with pytest.raises(ValueError, match=r"dequantized.*data=mnist"):
         m.check_data("binary")
 
@@ -316,5 +316,5 @@ def test_float32_training_reaches_lower_bpd_than_uniform() -> None:
     _train(m, x, 60, bf16=False)
     m.eval()
     with torch.no_grad():
-        bpd = bits_per_dim(-m.log_likelihood(x), m.num_dims, "pixels").mean()
+        bpd = bits_per_dim(-m.log_likelihood(x), m.num_dims, "dequantized").mean()
     assert bpd < 6.0

@@ -137,7 +137,7 @@ def test_bernoulli_refuses_non_binary_data() -> None:
     with pytest.raises(ValueError, match="binary data"):
         vae(torch.rand(2, 1, 4, 4))
     with pytest.raises(ValueError, match="data=binarized_mnist"):
-        vae.check_data("pixels")
+        vae.check_data("dequantized")
     vae.check_data("binary")
 
 

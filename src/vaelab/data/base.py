@@ -16,7 +16,8 @@ from vaelab.data.loader import BatchTransform, IndexBatchLoader
 class DataInfo:
     """What a model needs to know about the data: its shape and kind.
 
-    ``kind`` is ``"binary"`` (values in {0, 1}) or ``"pixels"`` (8-bit images scaled to [0, 1]).
+    ``kind`` is ``"binary"`` (values in {0, 1}), ``"dequantized"`` (8-bit images as
+    ``(x + u) / 256``) or ``"unit"`` (8-bit images as ``x / 255``); see ``vaelab.evaluation.units``.
     """
 
     shape: tuple[int, ...]
@@ -39,15 +40,19 @@ class TensorImageDataModule(L.LightningDataModule):
         eval_batch_size: validation/test batch size (per process).
         val_size: training images held out for validation (a fixed split seeded by ``split_seed``);
             0 disables validation.
-        seed: seed for shuffling and random transforms.
+        seed: the training seed: shuffling and the random transforms of training batches.
         split_seed: seed of the validation hold-out.
+        eval_seed: seed of everything random in the validation and test data (their
+            dequantization noise; the draw that binarizes them), independent of ``seed``, so every
+            job of a seed sweep is evaluated on identical tensors. Default 0 (the evaluation data
+            of every run before this option existed, for training seed 0).
         on_device: put the uint8 tensors on the model's device (GPU) and batch there.
         shape: the expected (C, H, W), as written once in the data config (``${data.shape}``);
             checked against the dataset's shape.
     """
 
     shape: tuple[int, ...] = ()
-    kind: str = "pixels"
+    kind: str = ""  # set by each subclass: binary, dequantized or unit (no default)
 
     def __init__(
         self,
@@ -59,6 +64,7 @@ class TensorImageDataModule(L.LightningDataModule):
         split_seed: int = 0,
         on_device: bool = True,
         shape: Sequence[int] | None = None,
+        eval_seed: int = 0,
     ) -> None:
         super().__init__()
         if shape is not None and tuple(int(s) for s in shape) != tuple(self.shape):
@@ -72,6 +78,7 @@ class TensorImageDataModule(L.LightningDataModule):
         self.val_size = int(val_size)
         self.seed = int(seed)
         self.split_seed = int(split_seed)
+        self.eval_seed = int(eval_seed)
         self.on_device = bool(on_device)
         self.splits: dict[str, Tensor] = {}
         self._device_cache: dict[tuple[str, str], Tensor] = {}
@@ -94,7 +101,9 @@ class TensorImageDataModule(L.LightningDataModule):
     # -- Lightning -----------------------------------------------------------------------------
     @property
     def info(self) -> DataInfo:
-        return DataInfo(shape=tuple(self.shape), kind=self.kind)
+        from vaelab.evaluation.units import check_kind
+
+        return DataInfo(shape=tuple(self.shape), kind=check_kind(self.kind))
 
     def setup(self, stage: str | None = None) -> None:
         if self.splits:
@@ -151,7 +160,7 @@ class TensorImageDataModule(L.LightningDataModule):
             transform,
             shuffle=train,
             drop_last=train,
-            seed=self.seed,
+            seed=self.seed if train else self.eval_seed,
             rank=rank,
             world_size=world,
             epoch_fn=self._current_epoch if (train and self.trainer is not None) else None,
@@ -184,4 +193,4 @@ class TensorImageDataModule(L.LightningDataModule):
         if not self.splits:
             self.setup()
         x = self.splits[split][:n]
-        return self.eval_transform(x, torch.Generator().manual_seed(self.seed))
+        return self.eval_transform(x, torch.Generator().manual_seed(self.eval_seed))

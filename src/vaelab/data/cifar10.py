@@ -103,7 +103,6 @@ class CIFAR10DataModule(TensorImageDataModule):
     """
 
     shape = (3, 32, 32)
-    kind = "pixels"
 
     def __init__(
         self,
@@ -118,13 +117,23 @@ class CIFAR10DataModule(TensorImageDataModule):
         split_seed: int = 0,
         on_device: bool = True,
         shape: Sequence[int] | None = None,
+        eval_seed: int = 0,
     ) -> None:
         super().__init__(
-            data_dir, batch_size, eval_batch_size, val_size, seed, split_seed, on_device, shape
+            data_dir,
+            batch_size,
+            eval_batch_size,
+            val_size,
+            seed,
+            split_seed,
+            on_device,
+            shape,
+            eval_seed=eval_seed,
         )
         self.flip = bool(flip)
         self.dequantize = bool(dequantize)
         self.download = bool(download)
+        self.kind = "dequantized" if self.dequantize else "unit"
 
     def prepare_data(self) -> None:
         if not self.splits:  # splits set by hand (benchmarks, notebooks) need no files

@@ -17,7 +17,17 @@ MNIST_FILES = (
     "t10k-images-idx3-ubyte",
     "t10k-labels-idx1-ubyte",
 )
-BINARIZE_MODES = ("dynamic", "static", "threshold")
+BINARIZE_MODES = ("dynamic", "static", "threshold", "larochelle")
+# The standard fixed binarization of MNIST (Larochelle & Murray 2011), as used by Burda et al.'s
+# appendix and most papers that say "static" / "fixed" binarized MNIST: 50,000 train, 10,000
+# valid, 10,000 test images; each line of a file is one image, 784 space-separated 0/1 values.
+LAROCHELLE_FILES = {
+    "train": "binarized_mnist_train.amat",
+    "val": "binarized_mnist_valid.amat",
+    "test": "binarized_mnist_test.amat",
+}
+LAROCHELLE_URL = "http://www.cs.toronto.edu/~larocheh/public/datasets/binarized_mnist/"
+LAROCHELLE_DIR = "BinarizedMNIST"
 
 
 class DatasetNotFoundError(FileNotFoundError):
@@ -61,6 +71,52 @@ def ensure_mnist(data_dir: str, download: bool = True) -> None:
     )
 
 
+def larochelle_dir(data_dir: str) -> Path:
+    """Where ``binarize: larochelle`` looks for the ``.amat`` files: ``data_dir/BinarizedMNIST``."""
+    return Path(data_dir).expanduser() / LAROCHELLE_DIR
+
+
+def read_amat(path: Path) -> Tensor:
+    """uint8 ``(N, 1, 28, 28)`` of 0/1 from a Larochelle ``.amat`` file (one image per line).
+
+    Raises:
+        ValueError: naming the file, if a line does not hold 784 values in {0, 1}.
+    """
+    import numpy as np
+
+    raw = path.read_bytes()
+    lines = [ln for ln in raw.split(b"\n") if ln.strip()]
+    digits = np.frombuffer(raw, dtype=np.uint8)
+    digits = digits[(digits != ord(" ")) & (digits != ord("\n")) & (digits != ord("\r"))]
+    ok = (digits == ord("0")) | (digits == ord("1"))
+    if not ok.all() or digits.size != len(lines) * 784:
+        raise ValueError(
+            f"{path} is not a binarized-MNIST .amat file: expected {len(lines)} lines of 784 "
+            f"space-separated 0/1 values, found {digits.size} values"
+            + ("" if ok.all() else " including characters other than 0 and 1")
+            + f". Fetch the original from {LAROCHELLE_URL}{path.name}"
+        )
+    x = torch.from_numpy((digits - ord("0")).astype(np.uint8).copy())
+    return x.reshape(len(lines), 1, 28, 28)
+
+
+def ensure_larochelle(data_dir: str) -> dict[str, Path]:
+    """The three ``.amat`` paths, or a ``DatasetNotFoundError`` naming them and their source."""
+    root = larochelle_dir(data_dir)
+    paths = {split: root / name for split, name in LAROCHELLE_FILES.items()}
+    missing = [p.name for p in paths.values() if not p.is_file()]
+    if missing:
+        raise DatasetNotFoundError(
+            f"binarize=larochelle needs the standard binarized MNIST of Larochelle & Murray "
+            f"(2011) in {root}/, but {', '.join(missing)} "
+            f"{'is' if len(missing) == 1 else 'are'} missing. Expected: "
+            f"{', '.join(LAROCHELLE_FILES.values())}. They are published at {LAROCHELLE_URL} "
+            f"(e.g. wget {LAROCHELLE_URL}binarized_mnist_test.amat -P {root}); vaelab never "
+            "downloads them. Or use binarize=dynamic (the IWAE paper's main protocol)."
+        )
+    return paths
+
+
 def read_mnist_images(data_dir: str, train: bool) -> Tensor:
     """uint8 (N, 1, 28, 28) decoded once by torchvision's IDX reader."""
     from torchvision.datasets import MNIST
@@ -80,9 +136,14 @@ class MNISTDataModule(TensorImageDataModule):
 
     Args:
         binarize: ``None`` for 8-bit pixels; ``dynamic`` (a fresh Bernoulli(x/255) draw each time a
-            training image is seen; validation and test are binarized once with a seeded draw, so
-            evaluation is deterministic), ``static`` (one seeded draw of every split, fixed for the
-            run) or ``threshold`` (x/255 > 0.5).
+            training image is seen; validation and test are binarized once with a draw seeded by
+            ``eval_seed``, so every run is evaluated on the same tensors), ``static`` (one draw of
+            every split seeded by the training seed; not the standard fixed binarization),
+            ``larochelle`` (the standard fixed binarized MNIST of Larochelle & Murray 2011, read
+            from ``data_dir/BinarizedMNIST/binarized_mnist_{train,valid,test}.amat``: 50,000
+            training, 10,000 validation (the official ``valid`` file; ``val_size`` is ignored,
+            except that ``val_size=0`` trains on train + valid) and 10,000 test images) or
+            ``threshold`` (x/255 > 0.5).
         dequantize: for 8-bit pixels, ``(x + u)/256`` with u ~ U[0,1) (validation and test use a
             fixed seeded u); if False, ``x / 255`` (then bits/dim is not a bound on a discrete
             likelihood).
@@ -105,20 +166,44 @@ class MNISTDataModule(TensorImageDataModule):
         split_seed: int = 0,
         on_device: bool = True,
         shape: Sequence[int] | None = None,
+        eval_seed: int = 0,
     ) -> None:
         super().__init__(
-            data_dir, batch_size, eval_batch_size, val_size, seed, split_seed, on_device, shape
+            data_dir,
+            batch_size,
+            eval_batch_size,
+            val_size,
+            seed,
+            split_seed,
+            on_device,
+            shape,
+            eval_seed=eval_seed,
         )
         if binarize is not None and binarize not in BINARIZE_MODES:
             raise ValueError(f"binarize must be one of {BINARIZE_MODES} or null, got {binarize!r}")
         self.binarize = binarize
         self.dequantize = bool(dequantize)
         self.download = bool(download)
-        self.kind = "binary" if binarize else "pixels"
+        self.kind = "binary" if binarize else ("dequantized" if self.dequantize else "unit")
 
     def prepare_data(self) -> None:
-        if not self.splits:
+        if self.splits:
+            return
+        if self.binarize == "larochelle":
+            ensure_larochelle(self.data_dir)
+        else:
             ensure_mnist(self.data_dir, self.download)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.splits or self.binarize != "larochelle":
+            super().setup(stage)
+            return
+        paths = ensure_larochelle(self.data_dir)
+        split = {name: read_amat(p) for name, p in paths.items()}
+        if self.val_size == 0:  # train on train + valid, no validation
+            split["train"] = torch.cat([split["train"], split["val"]])
+            split["val"] = split["val"][:0]
+        self.splits = split
 
     def load_split(self, train: bool) -> Tensor:
         ensure_mnist(self.data_dir, self.download)
@@ -131,7 +216,9 @@ class MNISTDataModule(TensorImageDataModule):
 
     def prepare_eval_split(self, x: Tensor, name: str) -> Tensor:
         if self.binarize == "dynamic":
-            g = torch.Generator().manual_seed(10_000 + self.seed + (name == "test"))
+            # Seeded by the evaluation seed, never the training seed: 10_000 (validation) and
+            # 10_001 (test) by default, the draws every earlier run with seed 0 was evaluated on.
+            g = torch.Generator().manual_seed(10_000 + self.eval_seed + (name == "test"))
             x = torch.bernoulli(x.float() / 255.0, generator=g).to(torch.uint8)
         return x
 
@@ -144,7 +231,7 @@ class MNISTDataModule(TensorImageDataModule):
         return self._fixed(x, g)
 
     def _fixed(self, x: Tensor, g: torch.Generator) -> Tensor:
-        if self.binarize in ("static", "dynamic"):
+        if self.binarize in ("static", "dynamic", "larochelle"):
             return x.float()  # already 0/1 (eval splits of dynamic were drawn once)
         if self.binarize == "threshold":
             return T.threshold_binarize(x)
@@ -154,7 +241,7 @@ class MNISTDataModule(TensorImageDataModule):
         if not self.splits:
             self.setup()
         x = self.splits["train"]
-        if self.binarize == "static":  # stored as 0/1
+        if self.binarize in ("static", "larochelle"):  # stored as 0/1
             return x.float().mean(0)
         if self.binarize == "threshold":
             return T.threshold_binarize(x).mean(0)
@@ -164,6 +251,8 @@ class MNISTDataModule(TensorImageDataModule):
 
     def labels(self, split: str = "test") -> Tensor:
         """Digit labels aligned with ``splits[split]`` (for latent-space plots)."""
+        if self.binarize == "larochelle":
+            raise ValueError("Larochelle's binarized MNIST files carry no labels")
         if split == "test":
             return read_mnist_labels(self.data_dir, train=False)
         y = read_mnist_labels(self.data_dir, train=True)

@@ -16,7 +16,7 @@ def to_unit(x: Tensor) -> Tensor:
 def dequantize(x: Tensor, g: torch.Generator) -> Tensor:
     """Uniform dequantization: ``(x + u) / 256`` with ``u ~ U[0, 1)``, in [0, 1).
 
-    A continuous density on this y gives bits/dim in pixel space via ``bits_per_dim(...,"pixels")``.
+    A continuous density on this y gives bits/dim in pixel space via ``bits_per_dim(..., "dequantized")``.
     """
     u = torch.rand(x.shape, generator=g, device=x.device)
     # In float32, (255 + u)/256 rounds up to exactly 1.0 for u > 1 - 2^-17 (~8 in 1e6 draws): keep

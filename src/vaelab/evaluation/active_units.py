@@ -11,7 +11,7 @@ Reference: Burda, Grosse & Salakhutdinov (2015), Importance Weighted Autoencoder
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any, Protocol, runtime_checkable
 
 import torch
@@ -61,12 +61,78 @@ class RunningVariance:
         self.m2 = self.m2 + m2_b + delta**2 * (self.count * n_b / n)
         self.count = n
 
+    def merge(self, count: int, mean: Tensor, m2: Tensor) -> None:
+        """Add another stream's ``(count, mean, m2)`` (Chan et al.'s pairwise combination)."""
+        if count == 0:
+            return
+        mean, m2 = mean.to(torch.float64), m2.to(torch.float64)
+        if self.mean is None or self.m2 is None:
+            self.count, self.mean, self.m2 = int(count), mean.clone(), m2.clone()
+            return
+        n = self.count + count
+        delta = mean - self.mean
+        self.mean = self.mean + delta * (count / n)
+        self.m2 = self.m2 + m2 + delta**2 * (self.count * count / n)
+        self.count = n
+
     @property
     def variance(self) -> Tensor:
         """``(d,)`` population variance (divide by N) of everything seen so far."""
         if self.m2 is None or self.count == 0:
             raise ValueError("RunningVariance: no data seen")
         return self.m2 / self.count
+
+
+class ActiveUnitStatistic:
+    """Streaming ``Cov_x(E_q[u | x])`` per latent layer, reduced over processes: *the* statistic.
+
+    The LightningModule (``test/active_units/{layer}``), ``unit_variances`` / ``active_units``
+    and the picture callback's ranking of latent units (``vaelab.viz.rank_latent_dims``) all use
+    this one class. ``update`` takes ``posterior_means(x)``; ``variances(all_gather)`` combines the
+    per-process ``(count, mean, m2)`` exactly (Chan et al.), given a function that stacks a
+    tensor from every process (``LightningModule.all_gather``); without one it is this process's.
+    """
+
+    def __init__(self) -> None:
+        self.layers: dict[str, RunningVariance] = {}
+
+    def update(self, means: dict[str, Tensor]) -> None:
+        """Add a batch of posterior means ``{layer: (B, ...)}`` (trailing dims flattened)."""
+        for name, mu in means.items():
+            self.layers.setdefault(name, RunningVariance()).update(mu.reshape(mu.shape[0], -1))
+
+    def __bool__(self) -> bool:
+        return bool(self.layers)
+
+    def variances(self, all_gather: Callable[[Tensor], Tensor] | None = None) -> dict[str, Tensor]:
+        """``{layer: (d,) float64}`` population variances over every image seen (all processes)."""
+        out = {}
+        for name, rv in self.layers.items():
+            if rv.mean is None or rv.m2 is None:
+                raise ValueError(f"ActiveUnitStatistic: no data seen for layer {name}")
+            if all_gather is None:
+                out[name] = rv.variance
+                continue
+            count = torch.tensor(float(rv.count), dtype=torch.float64, device=rv.mean.device)
+            counts, means, m2s = (all_gather(t) for t in (count, rv.mean, rv.m2))
+            total = RunningVariance()
+            for c, m, q in zip(
+                counts.reshape(-1),
+                means.reshape(-1, *rv.mean.shape),
+                m2s.reshape(-1, *rv.m2.shape),
+                strict=True,
+            ):
+                total.merge(int(c.item()), m, q)
+            out[name] = total.variance
+        return out
+
+    def counts(
+        self,
+        threshold: float = DEFAULT_THRESHOLD,
+        all_gather: Callable[[Tensor], Tensor] | None = None,
+    ) -> dict[str, int]:
+        """Active units per layer: ``Cov_x(E_q[u|x]) > threshold`` (Burda et al.: 1e-2)."""
+        return count_active(self.variances(all_gather), threshold)
 
 
 def _as_tensor(batch: Any) -> Tensor:
@@ -99,18 +165,17 @@ def unit_variances(
             "latent-variable models (VAE, HierarchicalVAE)"
         )
     device = getattr(model, "device", None)
-    stats: dict[str, RunningVariance] = {}
+    stats = ActiveUnitStatistic()
     for i, batch in enumerate(batches):
         if max_batches is not None and i >= max_batches:
             break
         x = _as_tensor(batch)
         if isinstance(device, torch.device):
             x = x.to(device)
-        for name, means in model.posterior_means(x).items():
-            stats.setdefault(name, RunningVariance()).update(means.reshape(means.shape[0], -1))
+        stats.update(model.posterior_means(x))
     if not stats:
         raise ValueError("unit_variances: no batches")
-    return {name: s.variance for name, s in stats.items()}
+    return stats.variances()
 
 
 def count_active(

@@ -3,7 +3,7 @@
 vaelab's DataModules deliver 8-bit images already uniformly dequantized, ``y = (x + u) / 256`` in
 ``[0, 1)`` with ``u ~ U[0, 1)`` (``vaelab.data.transforms.dequantize``). The model's density is on that
 ``y``; the constant ``D ln 256`` of the scaling back to pixel units is added by
-``vaelab.objectives.bits_per_dim(..., "pixels")``. What remains to do inside the model is the logit
+``vaelab.evaluation.bits_per_dim(..., "dequantized")``. What remains to do inside the model is the logit
 transform below, whose log-det makes ``log p(y)`` exact, so bits/dim are always in pixel space.
 
 Reference: Dinh, Sohl-Dickstein & Bengio (2016), Density estimation using Real NVP, sec. 4.1.

@@ -4,7 +4,7 @@ A model is a plain ``nn.Module``; the Lightning side (``vaelab.lit``) is written
 
 Units: every log-likelihood is in nats, of the data exactly as the DataModule delivers it
 (binary pixels for binarized MNIST; ``(x + u) / 256`` in ``[0, 1)`` for dequantized 8-bit images).
-Converting to bits/dim in pixel space is ``vaelab.objectives.bits_per_dim``'s job.
+Converting to bits/dim in pixel space is ``vaelab.evaluation.units.bits_per_dim``'s job.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
+from torch.distributions import Distribution
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,9 @@ class GenerativeModel(nn.Module):
     """
 
     data_shape: tuple[int, ...]
+    #: True when ``forward``'s ``elbo`` is the exact ``log p(x)`` (flows): the LightningModule then
+    #: reports it as ``nll`` without a second pass. Part of the protocol; no attribute probing.
+    exact_likelihood: bool = False
 
     def forward(self, x: Tensor) -> Terms:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -66,8 +70,8 @@ class GenerativeModel(nn.Module):
     def check_data(self, data_kind: str) -> None:
         """Raise ``ValueError`` if this model cannot model data of ``data_kind``.
 
-        ``data_kind`` is ``"binary"`` (values in {0, 1}) or ``"pixels"`` (8-bit images scaled to
-        ``[0, 1]``, dequantized or not). The default accepts both.
+        ``data_kind`` is ``"binary"`` (values in {0, 1}), ``"dequantized"`` (``(x + u) / 256``)
+        or ``"unit"`` (``x / 255``); see ``vaelab.evaluation.units``. The default accepts all.
         """
 
     @property
@@ -85,3 +89,74 @@ class GenerativeModel(nn.Module):
             return p.device
         b = next(self.buffers(), None)
         return b.device if b is not None else torch.device("cpu")
+
+
+class LatentVariableModel(GenerativeModel):
+    """What the VAE and the hierarchical VAE share: ``L_k``, posterior means, data checks.
+
+    Subclasses set ``decoder`` (a ``vaelab.distributions.Likelihood``), ``prior`` and
+    ``objective`` (an ``ELBOObjective``) and implement:
+
+    - ``encode(x) -> q(z_1 | x)``, the posterior of the layer next to the data;
+    - ``log_weights(x, k, posterior) -> (k, B)``: ``log p(x, z_i) - log q(z_i | x)`` for ``k``
+      samples of all latents, given ``posterior = encode(x)`` (computed once per batch);
+    - ``posterior_means(x) -> {layer: (B, d)}``, what active units are counted on.
+
+    ``log_likelihood`` is then ``vaelab.evaluation.importance_weighted_bound``, written once.
+    ``eval_chunk_rows`` bounds ``k * B`` decoder rows per chunk (``None``: the device's default).
+    """
+
+    decoder: nn.Module
+    eval_chunk_rows: int | None = None
+    _values_checked: bool = False
+
+    def encode(self, x: Tensor) -> Distribution:  # pragma: no cover - abstract
+        """``q(z_1 | x)``: batch shape ``(B,)``."""
+        raise NotImplementedError
+
+    def log_weights(
+        self, x: Tensor, num_samples: int, posterior: Distribution | None = None
+    ) -> Tensor:  # pragma: no cover - abstract
+        """``(k, B)`` log importance weights ``log p(x, z_i) - log q(z_i | x)``, ``z_i ~ q``."""
+        raise NotImplementedError
+
+    def posterior_means(self, x: Tensor) -> dict[str, Tensor]:  # pragma: no cover - abstract
+        """``{layer name: (B, d) posterior means}``, for active units."""
+        raise NotImplementedError
+
+    def log_likelihood(self, x: Tensor, num_samples: int = 1) -> Tensor:
+        """``L_k`` with ``k = num_samples``: ``(B,)`` lower bound on ``log p(x)`` in nats.
+
+        Chunked over samples (so ``k = 5000`` fits in memory), float32 under any autocast; see
+        ``vaelab.evaluation.importance_weighted_bound``.
+        """
+        from vaelab.evaluation.likelihood import importance_weighted_bound
+
+        if num_samples < 1:
+            raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+        self._check_values(x)
+        return importance_weighted_bound(self, x, num_samples, self.eval_chunk_rows)
+
+    def decode_mean(self, z: Tensor) -> Tensor:
+        """Mean of ``p(x | z_1)`` (for reconstructions and image grids)."""
+        return self.decoder(z).mean
+
+    def reconstruct(self, x: Tensor) -> Tensor:
+        """Decoder mean at the posterior mean: ``E[x | z_1 = E_q[z_1|x]]``."""
+        return self.decode_mean(self.encode(x).mean)
+
+    # -- protocol shared by both -------------------------------------------------------------------
+    def set_training_step(self, step: int) -> None:
+        self.objective.step = int(step)
+
+    def check_data(self, data_kind: str) -> None:
+        self.decoder.check_data(data_kind)
+
+    def init_from_data(self, mean: Tensor) -> None:
+        self.decoder.init_from_data(mean)
+
+    def _check_values(self, x: Tensor) -> None:
+        """Once per model: refuse non-binary ``x`` for a Bernoulli decoder."""
+        if not self._values_checked:
+            self.decoder.check_values(x)
+            self._values_checked = True

@@ -36,8 +36,7 @@ from vaelab.distributions import (
     Likelihood,
     StandardNormalPrior,
 )
-from vaelab.models.base import GenerativeModel, Terms
-from vaelab.models.vae import chunk_rows, sample_chunks
+from vaelab.models.base import LatentVariableModel, Terms
 from vaelab.nn import MLP, init_weights
 from vaelab.objectives import ELBOObjective, iwae_bound, kl_or_estimate
 
@@ -138,7 +137,7 @@ def _make_likelihood_factory(
     return likelihood
 
 
-class HierarchicalVAE(GenerativeModel):
+class HierarchicalVAE(LatentVariableModel):
     """Markov chain of ``T >= 1`` Gaussian latent layers; ELBO (beta / warm-up / capacity) or L_k.
 
     ``forward`` returns the terms ``distortion = -log p(x|z_1)``, ``rate/z1 ... rate/zT``, their
@@ -230,7 +229,6 @@ class HierarchicalVAE(GenerativeModel):
                 f"likelihood factory returned {type(self.decoder).__name__}, not a Likelihood"
             )
         init_weights(self, init)
-        self._values_checked = False
 
     @property
     def num_layers(self) -> int:
@@ -238,15 +236,6 @@ class HierarchicalVAE(GenerativeModel):
         return len(self.specs)
 
     # -- protocol -----------------------------------------------------------------------------
-    def set_training_step(self, step: int) -> None:
-        self.objective.step = int(step)
-
-    def check_data(self, data_kind: str) -> None:
-        self.decoder.check_data(data_kind)
-
-    def init_from_data(self, mean: Tensor) -> None:
-        self.decoder.init_from_data(mean)
-
     def forward(self, x: Tensor) -> Terms:
         """Terms for a batch ``x`` of shape ``(B, *data_shape)``; see the class docstring."""
         self._check_values(x)
@@ -276,27 +265,21 @@ class HierarchicalVAE(GenerativeModel):
         terms[f"iwae_bound_k{k}"] = bound
         return Terms(loss=-bound.mean(), elbo=-(distortion + rate), terms=terms)
 
-    def log_likelihood(self, x: Tensor, num_samples: int = 1) -> Tensor:
-        """``L_k`` with ``k = num_samples`` over the joint chain: ``(B,)`` lower bound on log p(x).
+    def log_weights(
+        self, x: Tensor, num_samples: int, posterior: Distribution | None = None
+    ) -> Tensor:
+        """``(k, B)`` log importance weights, one per sample of the whole chain:
+        ``log p(x|z_1) + sum_t log p(z_t|z_{t+1}) + log p(z_T) - log q(z_1:T|x)``.
 
-        One importance weight per sample of the whole chain,
-        ``log w = log p(x|z_1) + sum_t log p(z_t|z_{t+1}) + log p(z_T) - log q(z_1:T|x)``;
-        computed with log-sum-exp over chunks of samples, so ``k = 5000`` fits in memory.
+        ``posterior`` is ``q(z_1 | x)`` (``encode(x)``) when the caller already has it.
+        ``log_likelihood`` (``L_k``, chunked) is inherited from ``LatentVariableModel``.
 
         Reference: Burda et al. (2015), eq. 8.
         """
-        if num_samples < 1:
-            raise ValueError(f"num_samples must be >= 1, got {num_samples}")
-        self._check_values(x)
-        q1 = self.encoders[0](x)
-        chunks = []
-        rows = chunk_rows(self.eval_chunk_rows, x.device)
-        for c in sample_chunks(num_samples, x.shape[0], rows):
-            qs, zs = self._infer(x, (c,), q1=q1)
-            log_px = self.decoder(zs[0]).log_prob(x)  # (c, B)
-            rates = self._layer_rates(qs, zs, analytic_top=False)
-            chunks.append(log_px - torch.stack(list(rates.values())).sum(0))
-        return iwae_bound(torch.cat(chunks, dim=0), dim=0)
+        qs, zs = self._infer(x, (num_samples,), q1=posterior)
+        log_px = self.decoder(zs[0]).log_prob(x)  # (k, B)
+        rates = self._layer_rates(qs, zs, analytic_top=False)
+        return log_px - torch.stack(list(rates.values())).sum(0)
 
     def sample(self, n: int, use_mean: bool = False) -> Tensor:
         """Ancestral sampling: ``z_T ~ N(0, I)``, ``z_{t-1} ~ p(z_{t-1}|z_t)``, ``x ~ p(x|z_1)``.
@@ -314,14 +297,6 @@ class HierarchicalVAE(GenerativeModel):
     def encode(self, x: Tensor) -> Distribution:
         """``q(z_1 | x)``, the layer next to the data (the one ``decode_mean`` reads)."""
         return self.encoders[0](x)
-
-    def decode_mean(self, z: Tensor) -> Tensor:
-        """Mean of ``p(x | z_1)`` for ``z`` of shape ``(…, latent_dims[0])``."""
-        return self.decoder(z).mean
-
-    def reconstruct(self, x: Tensor) -> Tensor:
-        """Decoder mean at the posterior mean of the first layer: ``E[x | z_1 = E_q[z_1|x]]``."""
-        return self.decode_mean(self.encoders[0](x).mean)
 
     def posterior_means(self, x: Tensor, num_samples: int = 1) -> dict[str, Tensor]:
         """Per-layer posterior means ``{"z1": (B, d_1), ..., "zT": (B, d_T)}`` for active units.
@@ -384,8 +359,3 @@ class HierarchicalVAE(GenerativeModel):
             **{f"rate/{n}": r for n, r in rates.items()},
             "rate": rate,
         }
-
-    def _check_values(self, x: Tensor) -> None:
-        if not self._values_checked and isinstance(self.decoder, BernoulliLikelihood):
-            BernoulliLikelihood.check_values(x)
-            self._values_checked = True

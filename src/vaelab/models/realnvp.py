@@ -2,7 +2,7 @@
 
 The density is on the data as the DataModule delivers it, ``y = (x + u) / 256`` in ``[0, 1)``:
 ``log p(y) = log N(T(logit(y')); 0, I) + log |det J|`` where ``y' = alpha + (1 - alpha) y`` and the
-log-det includes the logit preprocessing. ``vaelab.objectives.bits_per_dim(-log p, D, "pixels")``
+log-det includes the logit preprocessing. ``vaelab.evaluation.bits_per_dim(-log p, D, "dequantized")``
 turns it into bits/dim in pixel space (PAPERS.md, Units).
 
 Reference: Dinh, Sohl-Dickstein & Bengio (2016), Density estimation using Real NVP.
@@ -114,11 +114,20 @@ class FlowModel(GenerativeModel):
 
     # -- protocol -----------------------------------------------------------------------------
     def check_data(self, data_kind: str) -> None:
-        if data_kind != "pixels":
+        from vaelab.evaluation.units import check_kind
+
+        kind = check_kind(data_kind)
+        if kind == "unit":
             raise ValueError(
                 f"{type(self).__name__} is a continuous density and needs dequantized 8-bit pixels "
-                f"(data kind 'pixels'), got {data_kind!r}: use data=mnist (not binarized_mnist) or "
-                "data=cifar10"
+                "(data kind 'dequantized'), got 'unit' (x / 255 without noise, on which a flow's "
+                "density is unbounded): set data.dequantize=true"
+            )
+        if kind != "dequantized":
+            raise ValueError(
+                f"{type(self).__name__} is a continuous density and needs dequantized 8-bit pixels "
+                f"(data kind 'dequantized'), got {kind!r}: use data=mnist (not binarized_mnist) "
+                "or data=cifar10"
             )
 
     def forward(self, x: Tensor) -> Terms:
