@@ -88,3 +88,26 @@ def test_lk_under_bf16_autocast_matches_float32_on_a_trained_model(trained_vae) 
         diff = float((mixed[name] - ref[name]).abs().max())
         assert diff < 0.01, (name, diff)
     assert float((ll - ll_ref).abs().max()) < 0.01  # model.log_likelihood is the evaluator
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_cuda_autocast_log_prob_and_lk_match_float32(dtype: torch.dtype, trained_vae) -> None:
+    g = torch.Generator().manual_seed(0)
+    logits = ((torch.rand(8, 50, 784, generator=g) * 2 - 1) * 10).cuda()
+    x = torch.bernoulli(torch.full((50, 784), 0.3), generator=g).cuda()
+    exact = fused(logits.double()).log_prob(x.double())
+    with torch.autocast("cuda", dtype=dtype):
+        mixed = fused(logits).log_prob(x)
+    assert float((mixed.double() - exact).abs().max()) < 1e-3
+    vae, xs = trained_vae
+    vae, xs = vae.cuda(), xs.cuda()
+    with torch.no_grad():
+        torch.manual_seed(1)
+        ref = batch_figures(vae, xs, 100, "binary")
+        with torch.autocast("cuda", dtype=dtype):
+            torch.manual_seed(1)
+            got = batch_figures(vae, xs, 100, "binary")
+    vae.cpu()
+    for name in ("nll", "elbo", "rate", "distortion"):
+        assert float((got[name] - ref[name]).abs().max()) < 0.01, name

@@ -172,7 +172,7 @@ class HierarchicalVAE(LatentVariableModel):
         scale_fn: ``exp`` or ``softplus`` for every Gaussian's standard deviation.
         eval_chunk_rows: bound on ``num_samples * batch`` rows per chunk in ``log_likelihood``
             (memory and speed knob; does not change the result). ``None``: 4096 on the CPU,
-            32768 on a GPU (see ``vaelab.models.vae.chunk_rows``).
+            32768 on a GPU (see ``vaelab.evaluation.chunk_rows``).
 
     Raises:
         ValueError: if ``layers`` is empty or a layer spec is malformed or does not chain; the
