@@ -1,0 +1,135 @@
+"""``vaelab-compress``: a tiny trained run compressed and decompressed through the Hydra config."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("constriction")
+
+from tests.conftest import compose_train  # noqa: E402
+
+
+def compose_compress(overrides: list[str], tmp_path: Path, data_dir: Path):
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from vaelab.config import config_dir
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+        return compose(
+            config_name="compress",
+            overrides=[
+                f"paths.output_dir={tmp_path}",
+                f"paths.log_dir={tmp_path / 'logs'}",
+                f"data_dir={data_dir}",
+                "elbo_samples=2",
+                *overrides,
+            ],
+        )
+
+
+def train_tiny(tmp_path: Path, data_dir: Path, overrides: list[str] = ()) -> Path:
+    from vaelab.train import train
+
+    cfg = compose_train(
+        ["test=false", "data.download=false", "model.latent_dim=4", *overrides], tmp_path, data_dir
+    )
+    train(cfg)
+    return tmp_path / "run" / "checkpoints" / "last.ckpt"
+
+
+@pytest.fixture(scope="module")
+def tiny_ckpt(fake_mnist: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return train_tiny(tmp_path_factory.mktemp("train"), fake_mnist)
+
+
+def test_compress_writes_file_and_metrics_and_decompress_restores(
+    tiny_ckpt: Path, fake_mnist: Path, tmp_path: Path
+) -> None:
+    from vaelab.compression.cli import load_run, run, split_images
+
+    cfg = compose_compress(
+        [f"ckpt_path={tiny_ckpt}", "num_images=150", "coder.block_size=40"], tmp_path, fake_mnist
+    )
+    metrics = run(cfg)
+    saved = json.loads((tmp_path / "metrics.json").read_text())
+    for key in (
+        "compress/bpd",
+        "compress/bpd_with_initial",
+        "compress/file_bpd",
+        "compress/neg_elbo_bpd",
+        "compress/gap_percent",
+        "compress/initial_bits",
+        "compress/encode_images_per_s",
+        "compress/decode_images_per_s",
+        "compress/baseline/gzip_bpd",
+        "compress/baseline/bz2_bpd",
+        "compress/baseline/lzma_bpd",
+        "compress/baseline/png_bpd",
+    ):
+        assert key in saved, key
+    assert saved["coder"]["order"] == "bitswap" and saved["model_sha256"]
+    # The stored stream sits between the net rate and the whole file.
+    assert metrics["compress/bpd"] < metrics["compress/bpd_with_initial"]
+    assert metrics["compress/bpd_with_initial"] < metrics["compress/file_bpd"]
+    # The code length is the discretised model's -ELBO: near the model's own -ELBO (a tiny,
+    # barely trained model; the 1 % check on a real model is in the README's table).
+    assert metrics["compress/gap_percent"] == pytest.approx(0.0, abs=10.0)
+    file = tmp_path / "test.vlbb"
+    assert file.is_file()
+
+    out = tmp_path / "restored.npy"
+    cfg = compose_compress(
+        [f"ckpt_path={tiny_ckpt}", "mode=decompress", f"file={file}", f"output={out}"],
+        tmp_path / "dec",
+        fake_mnist,
+    )
+    restored = run(cfg)
+    _, dm, _ = load_run(str(tiny_ckpt), str(fake_mnist))
+    expected = split_images(dm, "test", 150)
+    assert np.array_equal(np.load(out), expected) and np.array_equal(restored, expected)
+
+
+def test_decompress_refuses_truncated_file_and_other_checkpoint(
+    tiny_ckpt: Path, fake_mnist: Path, tmp_path: Path
+) -> None:
+    from vaelab.compression import CompressedFileError
+    from vaelab.compression.cli import run
+
+    run(compose_compress([f"ckpt_path={tiny_ckpt}", "num_images=50"], tmp_path, fake_mnist))
+    file = tmp_path / "test.vlbb"
+    data = file.read_bytes()
+    cut = tmp_path / "cut.vlbb"
+    cut.write_bytes(data[: len(data) - 20])
+    with pytest.raises(CompressedFileError, match="truncated"):
+        run(compose_compress([f"ckpt_path={tiny_ckpt}", "mode=decompress", f"file={cut}"], tmp_path / "a", fake_mnist))  # fmt: skip
+    other = train_tiny(tmp_path / "other", fake_mnist, ["seed=1"])
+    with pytest.raises(CompressedFileError, match="different model"):
+        run(compose_compress([f"ckpt_path={other}", "mode=decompress", f"file={file}"], tmp_path / "b", fake_mnist))  # fmt: skip
+
+
+def test_gaussian_likelihood_run_is_refused(fake_mnist: Path, tmp_path: Path) -> None:
+    from vaelab.compression import NotCompressibleError
+    from vaelab.compression.cli import run
+
+    ckpt = train_tiny(tmp_path, fake_mnist, ["data=mnist", "model=vae_gaussian"])
+    with pytest.raises(NotCompressibleError, match="GaussianLikelihood likelihood"):
+        run(compose_compress([f"ckpt_path={ckpt}"], tmp_path / "c", fake_mnist))
+
+
+def test_bbans_vae_experiment_is_townsend_et_al(tmp_path: Path) -> None:
+    cfg = compose_train(["experiment=bbans_vae"], tmp_path, tiny=False)
+    assert cfg.model.latent_dim == 20
+    assert list(cfg.model.encoder.net.hidden) == [100]
+    assert list(cfg.model.decoder.net.hidden) == [100]
+    assert cfg.model.encoder.net.activation == "relu" == cfg.model.decoder.net.activation
+    assert cfg.model._target_ == "vaelab.models.VAE"
+    assert cfg.model.decoder._target_.endswith("BernoulliLikelihood")
+    assert cfg.optimizer.lr == 1e-3 and cfg.optimizer._target_ == "torch.optim.Adam"
+    assert cfg.data.batch_size == 100 and cfg.data.binarize == "dynamic"
+    assert cfg.trainer.max_epochs == 20 and cfg.scheduler is None
