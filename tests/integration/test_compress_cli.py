@@ -10,7 +10,7 @@ import pytest
 
 pytest.importorskip("constriction")
 
-from tests.conftest import compose_train  # noqa: E402
+from tests.conftest import compose_train
 
 
 def compose_compress(overrides: list[str], tmp_path: Path, data_dir: Path):
