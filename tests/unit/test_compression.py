@@ -110,11 +110,11 @@ def test_coder_models_are_exactly_our_counts() -> None:
     import constriction
 
     models = constriction.stream.model
-    counts = np.array([[1, 3, 4090, 2]], dtype=np.int64)  # sums to 2**12
+    counts = np.array([[1, 3 << 12, (1 << 24) - (5 << 12) - 1, 2 << 12]], dtype=np.int64)  # 2**24
     naive_exact = []
     for s in range(4):
-        left, prob = int(counts[0, :s].sum()) << 12, int(counts[0, s]) << 12
-        for table, exact in ((coder_pmf(counts, 12), True), (counts / 4096.0, False)):
+        left, prob = int(counts[0, :s].sum()), int(counts[0, s])
+        for table, exact in ((coder_pmf(counts), True), (counts / float(1 << 24), False)):
             coder = constriction.stream.stack.AnsCoder(np.array([12345, 7], dtype=np.uint32))
             _, x = coder.pos()
             sym = np.array([s], dtype=np.int32)
@@ -138,14 +138,18 @@ def test_gaussian_counts_sum_to_the_precision_and_keep_every_bucket() -> None:
     sigma = torch.tensor([[1.0, 0.01, 0.3]], dtype=torch.float64)
     c = gaussian_counts(mu, sigma, b, 14)
     assert c.shape == (3, 256)
-    assert (c.sum(1) == 1 << 14).all() and (c >= 1).all()
-    # N(0, 1) on its own equal-mass buckets: every bucket gets the same mass, (2**14 - 256) / 256 + 1.
-    assert (c[0] == 64).all()
-    # A narrow posterior puts nearly all its mass in the bucket holding its mean.
+    assert (c.sum(1) == 1 << 24).all() and (c >= 1).all()
+    # N(0, 1) on its own equal-mass buckets: every bucket gets 2**14 / 256 counts at 14 bits.
+    assert (c[0] == 64 << 10).all()
+    # A narrow posterior puts nearly all its mass in the bucket holding its mean; the far buckets
+    # get no mass at 14 bits, so only the coder's minimum (1 in 2**24) leaks out of the posterior.
     k = int(torch.searchsorted(b.edges, torch.tensor(3.0, dtype=torch.float64)))
-    assert c[1, k] > 0.9 * (1 << 14)
+    assert c[1, k] > 0.9 * (1 << 24)
+    assert (c[1] == 1).sum() > 200 and c[1].sum() - c[1, c[1] > 1].sum() < 256
+    # The masses are the 14-bit ones: every count but the leaks is a multiple of 2**10.
+    assert (c[2][c[2] > 256] % 1024 == 0).sum() >= (c[2] > 256).sum() - 1
     p = bernoulli_counts(torch.tensor([0.0, 0.5, 1.0], dtype=torch.float64), 16)
-    assert (p.sum(1) == 1 << 16).all() and (p >= 1).all() and p[1, 1] == 1 << 15
+    assert (p.sum(1) == 1 << 24).all() and (p >= 1 << 8).all() and p[1, 1] == 1 << 23
 
 
 def test_bitswap_needs_fewer_initial_bits_than_bbans() -> None:

@@ -162,15 +162,15 @@ class _Stack:
     # Latents on the buckets (posteriors, conditional priors): counts at latent_prec bits.
     def pop_latent(self, mu: Tensor, sigma: Tensor, name: str) -> np.ndarray:
         counts = gaussian_counts(mu, sigma, self.buckets, self.s.latent_prec)
-        idx = self.coder.decode(self.categorical, coder_pmf(counts, self.s.latent_prec))
+        idx = self.coder.decode(self.categorical, coder_pmf(counts))
         self._after_pop()
-        self._count(name, -information_bits(counts, idx, self.s.latent_prec))
+        self._count(name, -information_bits(counts, idx))
         return idx
 
     def push_latent(self, idx: np.ndarray, mu: Tensor, sigma: Tensor, name: str) -> None:
         counts = gaussian_counts(mu, sigma, self.buckets, self.s.latent_prec)
-        self.coder.encode_reverse(idx, self.categorical, coder_pmf(counts, self.s.latent_prec))
-        self._count(name, information_bits(counts, idx, self.s.latent_prec))
+        self.coder.encode_reverse(idx, self.categorical, coder_pmf(counts))
+        self._count(name, information_bits(counts, idx))
 
     # The top prior: uniform over the 2**prior_prec equal-mass buckets (exactly prior_prec bits).
     def pop_top(self, n: int, name: str) -> np.ndarray:
@@ -186,14 +186,14 @@ class _Stack:
     # Pixels: Bernoulli counts at obs_prec bits (a 2-symbol categorical, exact; see discretize).
     def push_pixels(self, x: np.ndarray, probs: Tensor) -> None:
         counts = bernoulli_counts(probs, self.s.obs_prec)
-        self.coder.encode_reverse(x, self.categorical, coder_pmf(counts, self.s.obs_prec))
-        self._count("x", information_bits(counts, x, self.s.obs_prec))
+        self.coder.encode_reverse(x, self.categorical, coder_pmf(counts))
+        self._count("x", information_bits(counts, x))
 
     def pop_pixels(self, probs: Tensor) -> np.ndarray:
         counts = bernoulli_counts(probs, self.s.obs_prec)
-        x = self.coder.decode(self.categorical, coder_pmf(counts, self.s.obs_prec))
+        x = self.coder.decode(self.categorical, coder_pmf(counts))
         self._after_pop()
-        self._count("x", -information_bits(counts, x, self.s.obs_prec))
+        self._count("x", -information_bits(counts, x))
         return x
 
 
