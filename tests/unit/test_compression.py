@@ -63,13 +63,19 @@ def roundtrip(model, x, **kw):
 
 
 @pytest.mark.parametrize(
-    ("make", "order"),
-    [(tiny_vae, "bbans"), (tiny_hvae, "bbans"), (tiny_hvae, "bitswap")],
-    ids=["vae", "hvae-bbans", "hvae-bitswap"],
+    ("make", "order", "buckets"),
+    [
+        (tiny_vae, "bbans", "prior"),
+        (tiny_hvae, "bbans", "prior"),
+        (tiny_hvae, "bitswap", "prior"),
+        (tiny_hvae, "bitswap", "standard"),
+    ],
+    ids=["vae", "hvae-bbans", "hvae-bitswap", "hvae-bitswap-standard-buckets"],
 )
-def test_round_trip_is_bit_exact(make, order) -> None:
+def test_round_trip_is_bit_exact(make, order, buckets) -> None:
     x = binary_images(300)
-    enc, y = roundtrip(make(), x, order=order, block_size=64)  # 5 blocks, the last one short
+    # 5 blocks, the last one short
+    enc, y = roundtrip(make(), x, order=order, block_size=64, buckets=buckets)
     assert y.dtype == np.uint8 and y.shape == x.shape
     assert np.array_equal(y, x)
     # The stored words are what the coder wrote plus the initial bits it consumed (the untouched
@@ -133,7 +139,7 @@ def test_coder_models_are_exactly_our_counts() -> None:
 
 
 def test_gaussian_counts_sum_to_the_precision_and_keep_every_bucket() -> None:
-    b = Buckets(8)
+    b = Buckets(8, dim=3)
     mu = torch.tensor([[0.0, 3.0, -1.5]], dtype=torch.float64)
     sigma = torch.tensor([[1.0, 0.01, 0.3]], dtype=torch.float64)
     c = gaussian_counts(mu, sigma, b, 14)
@@ -143,13 +149,40 @@ def test_gaussian_counts_sum_to_the_precision_and_keep_every_bucket() -> None:
     assert (c[0] == 64 << 10).all()
     # A narrow posterior puts nearly all its mass in the bucket holding its mean; the far buckets
     # get no mass at 14 bits, so only the coder's minimum (1 in 2**24) leaks out of the posterior.
-    k = int(torch.searchsorted(b.edges, torch.tensor(3.0, dtype=torch.float64)))
+    k = int(torch.searchsorted(b.edges[1], torch.tensor(3.0, dtype=torch.float64)))
     assert c[1, k] > 0.9 * (1 << 24)
     assert (c[1] == 1).sum() > 200 and c[1].sum() - c[1, c[1] > 1].sum() < 256
     # The masses are the 14-bit ones: every count but the leaks is a multiple of 2**10.
     assert (c[2][c[2] > 256] % 1024 == 0).sum() >= (c[2] > 256).sum() - 1
     p = bernoulli_counts(torch.tensor([0.0, 0.5, 1.0], dtype=torch.float64), 16)
     assert (p.sum(1) == 1 << 24).all() and (p >= 1 << 8).all() and p[1, 1] == 1 << 23
+
+
+def test_prior_buckets_follow_the_layer_marginal() -> None:
+    """Below the top, buckets are equal-mass under a Gaussian fit to p(z_t), by ancestral sampling;
+    the top layer keeps the N(0, 1) buckets; a wrong bucket digest stops decoding."""
+    from vaelab.compression.bbans import buckets_digest, layer_buckets
+
+    model = tiny_hvae()
+    with torch.no_grad():  # move p(z_1 | z_2) away from N(0, 1): mean 2, std 3 in every dimension
+        head = model.conditional_priors[0].head
+        head.weight.zero_()
+        head.bias[:6] = 2.0
+        head.bias[6:] = float(np.log(3.0))
+    chain = LatentChain(model)
+    ((loc, scale),) = chain.prior_marginals()
+    assert torch.allclose(loc, torch.full((6,), 2.0, dtype=torch.float64), atol=1e-9)
+    assert torch.allclose(scale, torch.full((6,), 3.0 + 1e-5, dtype=torch.float64), atol=1e-6)
+    prior = layer_buckets(chain, CoderSettings(buckets="prior"))
+    std = layer_buckets(chain, CoderSettings(buckets="standard"))
+    assert torch.allclose(prior[0].centres, 2.0 + (3.0 + 1e-5) * std[0].centres)
+    assert torch.equal(prior[1].centres, std[1].centres)
+    x = binary_images(60)
+    s = CoderSettings(block_size=30)
+    enc = encode(chain, x, s)
+    assert enc.buckets_sha256 == buckets_digest(prior)
+    with pytest.raises(DecodeError, match="buckets computed from the model differ"):
+        decode(chain, enc.payload, 60, s, enc.initial_words, enc.stripped_words, "0" * 64)
 
 
 def test_bitswap_needs_fewer_initial_bits_than_bbans() -> None:

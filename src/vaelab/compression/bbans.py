@@ -46,6 +46,7 @@ References:
 
 from __future__ import annotations
 
+import hashlib
 import math
 import time
 from dataclasses import asdict, dataclass, field
@@ -67,6 +68,7 @@ from vaelab.compression.discretize import (
 )
 
 ORDERS = ("bbans", "bitswap")
+BUCKETS = ("prior", "standard")
 
 
 @dataclass(frozen=True)
@@ -82,6 +84,10 @@ class CoderSettings:
         block_size: images per coding block (see the module docstring); larger blocks batch the
             networks more and need more initial bits.
         seed: seed of the initial pseudo-random words.
+        buckets: ``"standard"``: equal-mass buckets of N(0, 1) in every layer (Townsend et al.);
+            ``"prior"``: the top layer's as before, and each lower layer's of equal mass under a
+            per-dimension Gaussian fit to its prior marginal ``p(z_t)`` (see
+            ``LatentChain.prior_marginals``). The same for a one-layer model.
     """
 
     order: str = "bitswap"
@@ -90,11 +96,14 @@ class CoderSettings:
     obs_prec: int = 16
     block_size: int = 100
     seed: int = 0
+    buckets: str = "prior"
 
     def __post_init__(self) -> None:
         if self.order not in ORDERS:
             raise ValueError(f"order must be one of {ORDERS}, got {self.order!r}")
         check_precisions(self.prior_prec, self.latent_prec, self.obs_prec)
+        if self.buckets not in BUCKETS:
+            raise ValueError(f"buckets must be one of {BUCKETS}, got {self.buckets!r}")
         if not isinstance(self.block_size, int) or self.block_size < 1:
             raise ValueError(f"block_size must be a positive int, got {self.block_size!r}")
 
@@ -130,6 +139,7 @@ class Encoded:
     push_bits: float
     pop_bits: float
     seconds: float
+    buckets_sha256: str = ""
     layer_bits: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -140,12 +150,12 @@ class Encoded:
 class _Stack:
     """constriction's AnsCoder with the three kinds of models used here, and bookkeeping."""
 
-    def __init__(self, words: np.ndarray, settings: CoderSettings) -> None:
+    def __init__(self, words: np.ndarray, settings: CoderSettings, buckets: list[Buckets]) -> None:
         c = constriction()
         self.coder = c.stream.stack.AnsCoder(np.ascontiguousarray(words, dtype=np.uint32))
         self.categorical = c.stream.model.Categorical(perfect=False)
-        self.buckets = Buckets(settings.prior_prec)
-        self.top = c.stream.model.Uniform(self.buckets.n)
+        self.buckets = buckets  # one per latent layer, z_1 first
+        self.top = c.stream.model.Uniform(buckets[-1].n)
         self.s = settings
         self.start_bits = self.coder.num_valid_bits()
         self.min_bits = self.start_bits
@@ -160,17 +170,21 @@ class _Stack:
         self.min_words = min(self.min_words, self.coder.num_words())
 
     # Latents on the buckets (posteriors, conditional priors): counts at latent_prec bits.
-    def pop_latent(self, mu: Tensor, sigma: Tensor, name: str) -> np.ndarray:
-        counts = gaussian_counts(mu, sigma, self.buckets, self.s.latent_prec)
+    def pop_latent(self, t: int, mu: Tensor, sigma: Tensor, name: str) -> np.ndarray:
+        counts = gaussian_counts(mu, sigma, self.buckets[t], self.s.latent_prec)
         idx = self.coder.decode(self.categorical, coder_pmf(counts))
         self._after_pop()
         self._count(name, -information_bits(counts, idx))
         return idx
 
-    def push_latent(self, idx: np.ndarray, mu: Tensor, sigma: Tensor, name: str) -> None:
-        counts = gaussian_counts(mu, sigma, self.buckets, self.s.latent_prec)
+    def push_latent(self, t: int, idx: np.ndarray, mu: Tensor, sigma: Tensor, name: str) -> None:
+        counts = gaussian_counts(mu, sigma, self.buckets[t], self.s.latent_prec)
         self.coder.encode_reverse(idx, self.categorical, coder_pmf(counts))
         self._count(name, information_bits(counts, idx))
+
+    def values(self, t: int, idx: np.ndarray) -> Tensor:
+        """Bucket centres ``(b, d_t)`` of layer ``t``'s bucket indices."""
+        return self.buckets[t].values(idx)
 
     # The top prior: uniform over the 2**prior_prec equal-mass buckets (exactly prior_prec bits).
     def pop_top(self, n: int, name: str) -> np.ndarray:
@@ -195,6 +209,25 @@ class _Stack:
         self._after_pop()
         self._count("x", -information_bits(counts, x))
         return x
+
+
+def layer_buckets(chain: LatentChain, settings: CoderSettings) -> list[Buckets]:
+    """The buckets of every latent layer (z_1 first) for ``settings.buckets``."""
+    pp, dims = settings.prior_prec, chain.latent_dims
+    if settings.buckets == "standard" or chain.num_layers == 1:
+        return [Buckets(pp, d) for d in dims]
+    fits = chain.prior_marginals()
+    return [Buckets(pp, d, loc, scale) for d, (loc, scale) in zip(dims[:-1], fits)] + [
+        Buckets(pp, dims[-1])
+    ]
+
+
+def buckets_digest(buckets: list[Buckets]) -> str:
+    """sha256 (hex) of every layer's bucket centres: the decoder checks it before decoding."""
+    h = hashlib.sha256()
+    for b in buckets:
+        h.update(b.centres.contiguous().numpy().tobytes())
+    return h.hexdigest()
 
 
 def initial_stack(seed: int, num_words: int) -> np.ndarray:
@@ -234,30 +267,29 @@ def _blocks(n: int, size: int) -> list[slice]:
 
 
 def _encode_block(st: _Stack, chain: LatentChain, xb: np.ndarray, order: str) -> None:
-    b = xb.shape[0]
     x = torch.from_numpy(xb).to(torch.float64)  # (b, C, H, W)
     x_sym = xb.reshape(-1).astype(np.int32)
     T = chain.num_layers
     if order == "bbans":
         idx, zs, below = [], [], x
         for t in range(T):  # pop z_1 | x, z_2 | z_1, ..., z_T | z_(T-1)
-            i = st.pop_latent(*chain.posterior(t, below), name=f"q_z{t + 1}")
+            i = st.pop_latent(t, *chain.posterior(t, below), name=f"q_z{t + 1}")
             idx.append(i)
-            zs.append(st.buckets.values(i).reshape(b, -1))
+            zs.append(st.values(t, i))
             below = zs[-1]
         st.push_pixels(x_sym, chain.likelihood_probs(zs[0]))
         for t in range(T - 1):  # push z_t | z_(t+1)
-            st.push_latent(idx[t], *chain.conditional_prior(t, zs[t + 1]), name=f"z{t + 1}")
+            st.push_latent(t, idx[t], *chain.conditional_prior(t, zs[t + 1]), name=f"z{t + 1}")
         st.push_top(idx[-1], name=f"z{T}")
         return
     below, below_idx = x, None
     for t in range(T):  # pop z_t | below, push below | z_t
-        i = st.pop_latent(*chain.posterior(t, below), name=f"q_z{t + 1}")
-        z = st.buckets.values(i).reshape(b, -1)
+        i = st.pop_latent(t, *chain.posterior(t, below), name=f"q_z{t + 1}")
+        z = st.values(t, i)
         if t == 0:
             st.push_pixels(x_sym, chain.likelihood_probs(z))
         else:
-            st.push_latent(below_idx, *chain.conditional_prior(t - 1, z), name=f"z{t}")
+            st.push_latent(t - 1, below_idx, *chain.conditional_prior(t - 1, z), name=f"z{t}")
         below, below_idx = z, i
     st.push_top(below_idx, name=f"z{T}")
 
@@ -270,27 +302,27 @@ def _decode_block(st: _Stack, chain: LatentChain, b: int, order: str) -> np.ndar
         idx: list[Any] = [None] * T
         zs: list[Any] = [None] * T
         idx[-1] = st.pop_top(b * dims[-1], name=f"z{T}")
-        zs[-1] = st.buckets.values(idx[-1]).reshape(b, -1)
+        zs[-1] = st.values(T - 1, idx[-1])
         for t in reversed(range(T - 1)):
-            idx[t] = st.pop_latent(*chain.conditional_prior(t, zs[t + 1]), name=f"z{t + 1}")
-            zs[t] = st.buckets.values(idx[t]).reshape(b, -1)
+            idx[t] = st.pop_latent(t, *chain.conditional_prior(t, zs[t + 1]), name=f"z{t + 1}")
+            zs[t] = st.values(t, idx[t])
         x_sym = st.pop_pixels(chain.likelihood_probs(zs[0]))
         x = torch.from_numpy(x_sym.astype(np.uint8).reshape(shape)).to(torch.float64)
         for t in reversed(range(T)):  # push the bits back, last popped first
             below = x if t == 0 else zs[t - 1]
-            st.push_latent(idx[t], *chain.posterior(t, below), name=f"q_z{t + 1}")
+            st.push_latent(t, idx[t], *chain.posterior(t, below), name=f"q_z{t + 1}")
         return x_sym.astype(np.uint8).reshape(shape)
     cur_idx = st.pop_top(b * dims[-1], name=f"z{T}")
-    cur = st.buckets.values(cur_idx).reshape(b, -1)
+    cur = st.values(T - 1, cur_idx)
     for t in reversed(range(T)):  # pop below | z_t, push z_t | below
         if t == 0:
             x_sym = st.pop_pixels(chain.likelihood_probs(cur))
             below = torch.from_numpy(x_sym.astype(np.uint8).reshape(shape)).to(torch.float64)
             below_idx = None
         else:
-            below_idx = st.pop_latent(*chain.conditional_prior(t - 1, cur), name=f"z{t}")
-            below = st.buckets.values(below_idx).reshape(b, -1)
-        st.push_latent(cur_idx, *chain.posterior(t, below), name=f"q_z{t + 1}")
+            below_idx = st.pop_latent(t - 1, *chain.conditional_prior(t - 1, cur), name=f"z{t}")
+            below = st.values(t - 1, below_idx)
+        st.push_latent(t, cur_idx, *chain.posterior(t, below), name=f"q_z{t + 1}")
         cur, cur_idx = below, below_idx
     return x_sym.astype(np.uint8).reshape(shape)
 
@@ -311,9 +343,10 @@ def encode(
     x = check_binary(images, chain.data_shape)
     words = int(initial_words or default_initial_words(chain, s))
     t0 = time.perf_counter()
+    buckets = layer_buckets(chain, s)
     while True:
         init = initial_stack(s.seed, words)
-        st = _Stack(init, s)
+        st = _Stack(init, s, buckets)
         for sl in _blocks(x.shape[0], s.block_size):
             _encode_block(st, chain, x[sl], s.order)
         if st.min_words >= 3:  # the bulk below the 64-bit head was never emptied
@@ -337,6 +370,7 @@ def encode(
         push_bits=float(sum(pushed.values())),
         pop_bits=float(sum(popped.values())),
         seconds=time.perf_counter() - t0,
+        buckets_sha256=buckets_digest(buckets),
         layer_bits={**pushed, **popped},
     )
 
@@ -352,11 +386,13 @@ def decode(
     settings: CoderSettings,
     initial_words: int,
     stripped_words: int,
+    buckets_sha256: str | None = None,
 ) -> np.ndarray:
     """Decompress a stream written by ``encode``: uint8 images ``(N, *data_shape)``.
 
     Raises:
-        DecodeError: the stack did not end exactly at its initial words (a corrupt stream, a
+        DecodeError: the buckets differ from the encoder's (``buckets_sha256``, when given), or
+            the stack did not end exactly at its initial words (a corrupt stream, a
             different model, or different numerics than the encoder's).
     """
     s = settings
@@ -364,7 +400,14 @@ def decode(
     if not 0 <= stripped_words <= initial_words:
         raise DecodeError(f"stripped_words={stripped_words} is outside [0, {initial_words}]")
     words = np.concatenate([init[:stripped_words], np.asarray(payload, dtype=np.uint32)])
-    st = _Stack(words, s)
+    buckets = layer_buckets(chain, s)
+    if buckets_sha256 is not None and buckets_digest(buckets) != buckets_sha256:
+        raise DecodeError(
+            "the latent buckets computed from the model differ from the encoder's (sha256 "
+            "mismatch): a different model, or different numerics (torch build, machine) than "
+            "the ones that encoded the stream"
+        )
+    st = _Stack(words, s, buckets)
     out = np.empty((num_images, *chain.data_shape), dtype=np.uint8)
     for sl in reversed(_blocks(num_images, s.block_size)):
         out[sl] = _decode_block(st, chain, sl.stop - sl.start, s.order)

@@ -16,6 +16,7 @@ import copy
 import hashlib
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -124,6 +125,30 @@ class LatentChain(nn.Module):
     def conditional_prior(self, t: int, above: Tensor) -> tuple[Tensor, Tensor]:
         """``(mu, sigma)`` of ``p(z_{t+1} | z_{t+2})`` (0-based ``t < T - 1``)."""
         return self.conditional_priors[t].params(above)
+
+    @torch.no_grad()
+    def prior_marginals(
+        self, num_samples: int = 4096, seed: int = 0
+    ) -> list[tuple[Tensor, Tensor]]:
+        """Per-dimension ``(mean, std)`` of the prior marginals ``p(z_t)``, ``t = 1..T-1``.
+
+        By ancestral sampling from ``p(z_T) = N(0, I)`` through the conditional priors, with
+        numpy's seeded PCG64 normals (the same numbers on every platform) and one batch of
+        ``num_samples`` per layer: ``mean = E[mu]``, ``std^2 = E[sigma^2] + Var[mu]``. The lower
+        layers' buckets are equal-mass buckets of ``N(mean, std^2)``: equal-mass N(0, 1) buckets
+        are far too wide where ``p(z_1 | z_2)`` puts its mass away from 0 (on the 2-layer IWAE
+        model the pixel term rose from 132 to 153 bits/image with them).
+        """
+        rng = np.random.default_rng(np.random.SeedSequence([int(seed), 0xB0C]))
+        z = torch.from_numpy(rng.standard_normal((num_samples, self.latent_dims[-1])))
+        fits = []
+        for t in reversed(range(self.num_layers - 1)):
+            mu, sigma = self.conditional_prior(t, z)  # (S, d_t)
+            loc = mu.mean(0)
+            scale = torch.sqrt((sigma**2).mean(0) + mu.var(0, unbiased=False))
+            fits.append((loc, scale))
+            z = mu + sigma * torch.from_numpy(rng.standard_normal(tuple(mu.shape)))
+        return fits[::-1]
 
     @torch.no_grad()
     def likelihood_probs(self, z1: Tensor) -> Tensor:

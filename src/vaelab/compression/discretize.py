@@ -52,24 +52,40 @@ def check_precisions(prior_prec: int, latent_prec: int, obs_prec: int) -> None:
 
 
 class Buckets:
-    """Equal-mass buckets of N(0, 1): ``2**prior_prec`` of them, their edges and centres.
+    """Equal-mass buckets of ``N(loc_j, scale_j^2)`` per latent dimension j: ``2**prior_prec`` each.
+
+    With ``loc = 0, scale = 1`` (the default, and always the top layer's) these are the papers'
+    buckets of equal mass under the N(0, 1) prior. Lower layers of a hierarchy can use the
+    Gaussian that matches their prior marginal (``LatentChain.prior_marginals``).
 
     Attributes:
-        n: number of buckets.
-        edges: ``(n - 1,)`` float64 interior edges ``Phi^-1(k / n)``, k = 1..n-1.
-        centres: ``(n,)`` float64 centres ``Phi^-1((k + 1/2) / n)``.
+        n: number of buckets per dimension.
+        edges: ``(d, n - 1)`` float64 interior edges ``loc + scale * Phi^-1(k / n)``, k = 1..n-1.
+        centres: ``(d, n)`` float64 centres ``loc + scale * Phi^-1((k + 1/2) / n)``.
     """
 
-    def __init__(self, prior_prec: int) -> None:
+    def __init__(
+        self, prior_prec: int, dim: int, loc: Tensor | None = None, scale: Tensor | None = None
+    ) -> None:
         self.prior_prec = int(prior_prec)
         self.n = 1 << self.prior_prec
+        self.dim = int(dim)
         k = torch.arange(self.n + 1, dtype=torch.float64)
-        self.edges = torch.special.ndtri(k[1:-1] / self.n)  # (n - 1,)
-        self.centres = torch.special.ndtri((k[:-1] + 0.5) / self.n)  # (n,)
+        std_edges = torch.special.ndtri(k[1:-1] / self.n)  # (n - 1,)
+        std_centres = torch.special.ndtri((k[:-1] + 0.5) / self.n)  # (n,)
+        if loc is None and scale is None:
+            self.edges = std_edges.expand(self.dim, -1)
+            self.centres = std_centres.expand(self.dim, -1)
+        else:
+            loc = loc.to(torch.float64).reshape(self.dim, 1)
+            scale = scale.to(torch.float64).reshape(self.dim, 1)
+            self.edges = loc + scale * std_edges  # (d, n - 1)
+            self.centres = loc + scale * std_centres  # (d, n)
 
     def values(self, index: np.ndarray | Tensor) -> Tensor:
-        """Bucket centres for integer bucket indices of any shape (float64)."""
-        return self.centres[torch.as_tensor(np.asarray(index), dtype=torch.long)]
+        """Bucket centres ``(b, d)`` (float64) for integer bucket indices of ``b * d`` latents."""
+        idx = torch.as_tensor(np.asarray(index), dtype=torch.long).reshape(-1, self.dim)
+        return torch.gather(self.centres, 1, idx.T).T.contiguous()
 
 
 def _to_coder_counts(counts: Tensor, prec: int) -> np.ndarray:
@@ -95,14 +111,16 @@ def gaussian_counts(mu: Tensor, sigma: Tensor, buckets: Buckets, latent_prec: in
     ``latent_prec`` bits (a bucket far in the tails may get 0), then ``_to_coder_counts``.
 
     Args:
-        mu, sigma: ``(..., d)`` float64.
+        mu, sigma: ``(b, d)`` float64, ``d = buckets.dim``.
 
     Returns:
         ``(prod(...) * d, n)`` int64 counts summing to 2**24, each >= 1, rows in the row-major
         order of ``mu``.
     """
     total = 1 << latent_prec
-    z = (buckets.edges - mu.reshape(-1, 1)) / sigma.reshape(-1, 1)  # (rows, n - 1)
+    d = buckets.dim
+    z = (buckets.edges - mu.reshape(-1, d, 1)) / sigma.reshape(-1, d, 1)  # (b, d, n - 1)
+    z = z.reshape(-1, buckets.n - 1)  # (rows, n - 1)
     inner = torch.round(torch.special.ndtr(z) * total).to(torch.int64)
     rows = inner.shape[0]
     cdf = torch.cat(

@@ -67,6 +67,7 @@ def header(enc: Encoded, model_sha256: str, model_name: str, images_sha256: str)
         "model": model_name,
         "model_sha256": model_sha256,
         "images_sha256": images_sha256,
+        "buckets_sha256": enc.buckets_sha256,
         "coder": enc.settings.to_dict(),
         "initial_words": enc.initial_words,
         "stripped_words": enc.stripped_words,
