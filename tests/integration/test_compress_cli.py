@@ -133,3 +133,28 @@ def test_bbans_vae_experiment_is_townsend_et_al(tmp_path: Path) -> None:
     assert cfg.optimizer.lr == 1e-3 and cfg.optimizer._target_ == "torch.optim.Adam"
     assert cfg.data.batch_size == 100 and cfg.data.binarize == "dynamic"
     assert cfg.trainer.max_epochs == 20 and cfg.scheduler is None
+
+
+@pytest.mark.slow  # two subprocesses that import Lightning: about 1 min on a shared 2-core machine
+def test_console_script_runs_as_documented(
+    tiny_ckpt: Path, fake_mnist: Path, tmp_path: Path
+) -> None:
+    """``vaelab-compress`` as a user types it (a subprocess), then ``mode=decompress``."""
+    from tests.helpers.workflow import cli_env, run_cli
+
+    env = cli_env(tmp_path, VAELAB_DATA_DIR=str(fake_mnist))
+    out = tmp_path / "c"
+    run_cli(
+        f"vaelab-compress ckpt_path={tiny_ckpt} split=test num_images=30 hydra.run.dir={out}",
+        env=env,
+        cwd=tmp_path,
+    )
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["compress/num_images"] == 30 and m["compress/bpd"] > 0
+    run_cli(
+        f"vaelab-compress mode=decompress ckpt_path={tiny_ckpt} file={out / 'test.vlbb'} "
+        f"output={tmp_path / 'x.npy'} hydra.run.dir={tmp_path / 'd'}",
+        env=env,
+        cwd=tmp_path,
+    )
+    assert np.load(tmp_path / "x.npy").shape == (30, 1, 28, 28)

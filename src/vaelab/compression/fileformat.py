@@ -29,6 +29,17 @@ from vaelab.compression._coder import version as constriction_version
 from vaelab.compression.bbans import CoderSettings, Encoded
 
 MAGIC = b"VLBB"
+REQUIRED = (
+    "num_images",
+    "image_shape",
+    "model_sha256",
+    "images_sha256",
+    "buckets_sha256",
+    "coder",
+    "initial_words",
+    "stripped_words",
+    "payload_words",
+)
 FORMAT_VERSION = 1
 _DIGEST = 32
 
@@ -110,7 +121,6 @@ def from_bytes(data: bytes, name: str = "the file") -> CompressedFile:
         )
     try:
         head = json.loads(data[8 : 8 + hlen].decode())
-        n_words = int(head["payload_words"])
         version = int(head["version"])
     except (ValueError, KeyError, TypeError) as err:
         raise CompressedFileError(f"{name} has a corrupt header ({err}); it was altered") from err
@@ -118,6 +128,13 @@ def from_bytes(data: bytes, name: str = "the file") -> CompressedFile:
         raise CompressedFileError(
             f"{name} has format version {version}; this vaelab reads version {FORMAT_VERSION}"
         )
+    missing = [k for k in REQUIRED if k not in head]
+    if missing:
+        raise CompressedFileError(
+            f"{name}: its header lacks {', '.join(missing)}; it was altered, or written by a "
+            "development version of vaelab-compress. Compress the images again."
+        )
+    n_words = int(head["payload_words"])
     expected = 8 + hlen + 4 * n_words + _DIGEST
     if len(data) != expected:
         what = "truncated" if len(data) < expected else "longer than its header says"
