@@ -204,10 +204,10 @@ class GenerativeModule(L.LightningModule):
     def _stop(
         self, what: str, when: str = "before the optimizer step, so no weights changed"
     ) -> None:
-        last = ""
-        ckpt = getattr(self.trainer, "checkpoint_callback", None)
-        if ckpt is not None and getattr(ckpt, "last_model_path", ""):
-            last = f" The last good checkpoint is kept: {ckpt.last_model_path}."
+        from vaelab.checkpoints import checkpoint_paths
+
+        kept = checkpoint_paths(self.trainer)["last"]
+        last = f" The last good checkpoint is kept: {kept}." if kept else ""
         raise NonFiniteError(
             f"{what} at global step {self.global_step} (epoch {self.current_epoch}); training "
             f"stopped {when}.{last} Lower the learning rate, enable gradient clipping "
@@ -286,11 +286,9 @@ class GenerativeModule(L.LightningModule):
                 f"weights {', '.join(bad[:3])} are not finite",
                 "before writing the checkpoint, so no checkpoint holds them",
             )
+        # The current run's config (vaelab.train checks on resume that it matches the stored one).
         if self.run_config is not None:
             checkpoint["vaelab_config"] = self.run_config
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        self.run_config = checkpoint.get("vaelab_config", self.run_config)
 
 
 __all__ = ["GenerativeModule", "NonFiniteError"]

@@ -302,14 +302,18 @@ def wandb_state_from_checkpoint(checkpoint: Mapping[str, Any]) -> dict[str, Any]
     return dict((checkpoint.get("callbacks") or {}).get(WandbResume.STATE_KEY) or {})
 
 
-def resume_loggers(loggers: Iterable[Logger], ckpt_path: str | os.PathLike[str] | None) -> None:
-    """Point W&B loggers at the run saved in ``ckpt_path`` (before anything is logged)."""
+def resume_loggers(
+    loggers: Iterable[Logger], ckpt_path: str | os.PathLike[str] | None, trust: bool = False
+) -> None:
+    """Point W&B loggers at the run saved in ``ckpt_path`` (before anything is logged).
+
+    The file is read weights-only (``trust``: full unpickling, for a file you trust)."""
     targets = [lg for lg in wandb_loggers(loggers) if hasattr(lg, "resume")]
     if not ckpt_path or not targets:
         return
-    from vaelab.utils import read_checkpoint
+    from vaelab.checkpoints import read_checkpoint
 
-    state = wandb_state_from_checkpoint(read_checkpoint(ckpt_path))
+    state = wandb_state_from_checkpoint(read_checkpoint(ckpt_path, trust=trust))
     if not state.get("run_id"):
         log.info("%s holds no W&B run id; a new W&B run starts", ckpt_path)
         return

@@ -3,7 +3,7 @@
 vaelab-train                                   # VAE on dynamically binarized MNIST
 vaelab-train model=beta_vae model.objective.beta=4
 vaelab-train experiment=iwae_vae_1layer schedule.stages=4
-vaelab-train ckpt_path=last                    # resume the newest run of this task_name
+vaelab-train ckpt_path=last                    # resume the newest run of this config
 vaelab-train --help                            # config groups and options
 """
 
@@ -18,19 +18,24 @@ import hydra
 import lightning as L
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ProgressBar
+from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
+from vaelab.callbacks.resume import ResumeState
+from vaelab.checkpoints import (
+    AtomicCheckpointIO,
+    CheckpointError,
+    checkpoint_paths,
+    config_differences,
+    describe_differences,
+    find_resume_checkpoint,
+    read_checkpoint,
+)
 from vaelab.config import config_dir, register_resolvers
 from vaelab.distributed import hydra_ddp_jobs
 from vaelab.lit import GenerativeModule
 from vaelab.loggers import finish_loggers, resume_loggers, tracking_callbacks
-from vaelab.utils import (
-    find_last_checkpoint,
-    print_summary,
-    read_checkpoint,
-    to_float_dict,
-    write_metrics,
-)
+from vaelab.utils import print_summary, to_float_dict, write_metrics
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +55,14 @@ def build(cfg: DictConfig) -> dict[str, Any]:
         callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c and "_target_" in c]
     callbacks += tracking_callbacks(loggers, callbacks)  # e.g. the W&B run id in checkpoints
-    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    # First, so that on resume the RNG states are back before any other epoch-start hook draws.
+    callbacks.insert(0, ResumeState(job_num=_multirun_job_num()))
+    trainer: L.Trainer = instantiate(
+        cfg.trainer,
+        callbacks=callbacks,
+        logger=loggers or False,
+        plugins=checkpoint_plugins(cfg),
+    )
     return {
         "cfg": cfg,
         "datamodule": datamodule,
@@ -62,53 +74,117 @@ def build(cfg: DictConfig) -> dict[str, Any]:
     }
 
 
-def resolve_ckpt_path(cfg: DictConfig) -> str | None:
-    """``null`` -> None; ``last`` -> the newest last.ckpt of this task; else a checked path."""
+def checkpoint_plugins(cfg: DictConfig) -> list[Any]:
+    """``cfg.trainer.plugins`` plus :class:`AtomicCheckpointIO` (atomic writes, safe loads),
+    unless the config already names a CheckpointIO of its own."""
+    from lightning.fabric.plugins import CheckpointIO
+
+    plugins = [
+        instantiate(p) if OmegaConf.is_config(p) else p for p in (cfg.trainer.get("plugins") or [])
+    ]
+    if not any(isinstance(p, CheckpointIO) for p in plugins):
+        plugins.append(AtomicCheckpointIO(trust=bool(cfg.get("trust_checkpoint", False))))
+    return plugins
+
+
+def _multirun_job_num() -> int | None:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+        return int(HydraConfig.get().job.num)
+    return None
+
+
+def resolve_ckpt_path(cfg: DictConfig, run_config: dict[str, Any] | None = None) -> str | None:
+    """The checkpoint this run resumes from, checked against the run's config.
+
+    ``null`` -> None. ``last`` -> the newest ``last.ckpt`` of this task whose stored model, data,
+    objective and optimizer config equals this run's (under ``--multirun``, the one of the same
+    job first); in a multirun, a job with none starts afresh, so re-running an interrupted sweep
+    resumes each job that had started. A path -> that file, refused if its config differs (unless
+    ``resume_strict=false``). Checkpoints are read weights-only (``trust_checkpoint=true`` to opt
+    out for a file you trust).
+
+    Raises:
+        CheckpointError: missing, corrupt or unsafe file, or a config that differs (keys named).
+    """
     path = cfg.get("ckpt_path")
     if not path:
         return None
+    if run_config is None:
+        run_config = OmegaConf.to_container(cfg, resolve=True)
+    trust = bool(cfg.get("trust_checkpoint", False))
     if path == "last":
-        found = find_last_checkpoint(cfg.paths.log_dir, cfg.task_name)
-        log.info("Resuming from %s", found)
-        return str(found)
-    read_checkpoint(path)  # clear error if missing or corrupt
+        job_num = _multirun_job_num()
+        found, why = find_resume_checkpoint(
+            cfg.paths.log_dir, cfg.task_name, run_config, job_num=job_num, trust=trust
+        )
+        if found is not None:
+            log.info("Resuming from %s", found)
+            return str(found)
+        if job_num is not None:
+            log.warning("ckpt_path=last: job %d starts afresh: %s", job_num, why)
+            return None
+        raise CheckpointError(
+            f"ckpt_path=last: {why}. Resume with the checkpoint's values, pass an explicit "
+            "ckpt_path=<file> (with resume_strict=false to accept a changed config), or start a "
+            "new run (drop ckpt_path, or use another task_name)"
+        )
+    ckpt = read_checkpoint(path, trust=trust)  # clear error if missing, corrupt or unsafe
+    saved = ckpt.get("vaelab_config")
+    if saved is None:
+        log.warning("%s holds no vaelab config: cannot check that it belongs to this run", path)
+        return str(path)
+    diffs = config_differences(saved, run_config)
+    if diffs:
+        msg = f"{path} was trained with another config: {describe_differences(diffs)}"
+        if cfg.get("resume_strict", True):
+            raise CheckpointError(
+                f"{msg}. Resume with the checkpoint's values, or pass resume_strict=false to "
+                "continue it under the new config"
+            )
+        log.warning("%s; continuing under the new config (resume_strict=false)", msg)
     return str(path)
 
 
 def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
-    """Fit and test one run. Returns ``(metrics, objects)``; writes ``metrics.json``."""
-    if cfg.get("seed") is not None:
-        L.seed_everything(cfg.seed, workers=True)
-    out_dir = Path(cfg.paths.output_dir)
-    objects = build(cfg)
-    trainer: L.Trainer = objects["trainer"]
-    module: GenerativeModule = objects["module"]
-    datamodule = objects["datamodule"]
-    run_config = OmegaConf.to_container(cfg, resolve=True)
-    module.run_config = run_config  # saved in every checkpoint, so vaelab-eval can rebuild the run
-    ckpt_path = resolve_ckpt_path(cfg)
-    resume_loggers(objects["loggers"], ckpt_path)  # a resumed run continues its W&B run
-    for lg in objects["loggers"]:
-        lg.log_hyperparams(run_config)
+    """Fit and test one run. Returns ``(metrics, objects)``; writes ``metrics.json``.
 
+    ``metrics.json`` is written whatever happens, with ``status: ok`` or ``status: failed: ...``,
+    also when the run fails before training starts (a refused checkpoint, a bad config).
+    """
+    out_dir = Path(cfg.paths.output_dir)
+    objects: dict[str, Any] = {}
     metrics: dict[str, float] = {}
     fit_ckpts: dict[str, str] = {}  # read after fit: testing a checkpoint restores older paths
     status = "ok"
+    ckpt_path: str | None = None
     t0 = time.perf_counter()
+    train_seconds = 0.0
     try:
+        if cfg.get("seed") is not None:
+            L.seed_everything(cfg.seed, workers=True)
+        run_config = OmegaConf.to_container(cfg, resolve=True)
+        ckpt_path = resolve_ckpt_path(cfg, run_config)
+        objects = build(cfg)
+        trainer: L.Trainer = objects["trainer"]
+        module: GenerativeModule = objects["module"]
+        datamodule = objects["datamodule"]
+        module.run_config = run_config  # saved in every checkpoint, so vaelab-eval can rebuild it
+        resume_loggers(  # a resumed run continues its W&B run
+            objects["loggers"], ckpt_path, trust=bool(cfg.get("trust_checkpoint", False))
+        )
+        for lg in objects["loggers"]:
+            lg.log_hyperparams(run_config)
         if cfg.get("train", True):
             trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
             metrics.update(module.last_train_metrics)  # train/*, as last written to the loggers
             metrics.update(to_float_dict(trainer.callback_metrics))
-            for key in ("best_model_path", "last_model_path"):
-                fit_ckpts[key] = getattr(trainer.checkpoint_callback, key, "") or ""
+            fit_ckpts = checkpoint_paths(trainer)
         train_seconds = time.perf_counter() - t0
         if cfg.get("test", True):
-            best = (
-                getattr(trainer.checkpoint_callback, "best_model_path", "")
-                if cfg.get("train", True)
-                else ""
-            )
+            best = fit_ckpts.get("best", "") if cfg.get("train", True) else ""
             test_ckpt = best or (None if cfg.get("train", True) else ckpt_path)
             if best:
                 log.info("Testing the best checkpoint %s", best)
@@ -118,24 +194,29 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
         status = f"failed: {type(err).__name__}: {err}"
         raise
     finally:
-        ckpt_cb = trainer.checkpoint_callback
-        if trainer.global_rank == 0:
-            write_metrics(
-                out_dir / "metrics.json",
-                metrics,
-                status=status,
-                epochs=trainer.current_epoch,
-                global_step=trainer.global_step,
-                seconds=round(time.perf_counter() - t0, 2),
-                best_checkpoint=fit_ckpts.get("best_model_path")
-                or getattr(ckpt_cb, "best_model_path", "")
-                or None,
-                last_checkpoint=fit_ckpts.get("last_model_path")
-                or getattr(ckpt_cb, "last_model_path", "")
-                or None,
-                output_dir=str(out_dir),
-            )
-        finish_loggers(objects["loggers"], metrics, ok=status == "ok")  # one W&B run per job
+        trainer = objects.get("trainer")
+        rank = trainer.global_rank if trainer is not None else rank_zero_only.rank
+        if rank == 0:
+            now = checkpoint_paths(trainer)
+            try:
+                write_metrics(
+                    out_dir / "metrics.json",
+                    metrics,
+                    status=status,
+                    epochs=trainer.current_epoch if trainer is not None else None,
+                    global_step=trainer.global_step if trainer is not None else None,
+                    seconds=round(time.perf_counter() - t0, 2),
+                    resumed_from=ckpt_path,
+                    best_checkpoint=fit_ckpts.get("best") or now["best"] or None,
+                    last_checkpoint=fit_ckpts.get("last") or now["last"] or None,
+                    output_dir=str(out_dir),
+                )
+            except Exception as err:  # never hide the run's own error behind this one
+                if status == "ok":
+                    raise
+                log.error("could not write %s: %s", out_dir / "metrics.json", err)
+        if objects.get("loggers"):
+            finish_loggers(objects["loggers"], metrics, ok=status == "ok")  # one W&B run per job
     if trainer.global_rank == 0:
         print_summary(
             f"vaelab {cfg.task_name}: {cfg.model._target_.rsplit('.', 1)[-1]} on "

@@ -1,43 +1,21 @@
-"""Run utilities: checkpoints, metrics.json, the end-of-run summary."""
+"""Run utilities: metrics.json, the end-of-run summary (checkpoint reading: vaelab.checkpoints)."""
 
 from __future__ import annotations
 
 import json
 import math
-import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 
-
-class CheckpointError(RuntimeError):
-    """A checkpoint is missing, corrupt, or not a vaelab checkpoint."""
-
-
-def read_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Load a checkpoint on the CPU, with errors that say what is wrong and what to do."""
-    p = Path(path).expanduser()
-    if not p.is_file():
-        raise CheckpointError(
-            f"checkpoint {p} does not exist; pass ckpt_path=<path to a .ckpt file>"
-        )
-    if not zipfile.is_zipfile(p):
-        raise CheckpointError(
-            f"checkpoint {p} is corrupt or truncated (not a torch zip archive, {p.stat().st_size} "
-            "bytes); use another checkpoint of the run, e.g. checkpoints/best-*.ckpt or last.ckpt"
-        )
-    try:
-        ckpt = torch.load(p, map_location="cpu", weights_only=False)
-    except Exception as err:
-        raise CheckpointError(
-            f"checkpoint {p} could not be read ({type(err).__name__}: {err}); it is corrupt or was "
-            "written by an incompatible version. Use another checkpoint of the run."
-        ) from err
-    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
-        raise CheckpointError(f"{p} is not a Lightning checkpoint (no state_dict)")
-    return ckpt
+from vaelab.checkpoints import (
+    CheckpointError,
+    atomic_write_text,
+    non_finite_weights,
+    read_checkpoint,
+)
 
 
 def find_last_checkpoint(log_dir: str | Path, task_name: str) -> Path:
@@ -73,10 +51,8 @@ def write_metrics(path: str | Path, metrics: Mapping[str, Any], **extra: Any) ->
 
     data = {k: clean(v) for k, v in sorted(metrics.items())}
     data.update({k: clean(v) for k, v in extra.items()})
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    p.write_text(json.dumps(data, indent=2) + "\n")
-    return p
+    # Atomic: a full disk or a kill mid-write keeps the previous metrics.json whole.
+    return atomic_write_text(path, json.dumps(data, indent=2) + "\n")
 
 
 def print_summary(title: str, metrics: Mapping[str, float], where: Mapping[str, str]) -> None:
@@ -113,3 +89,14 @@ def print_summary(title: str, metrics: Mapping[str, float], where: Mapping[str, 
     console.print(table)
     for k, v in where.items():
         console.print(f"[bold]{k}[/bold]: {v}")
+
+
+__all__ = [
+    "CheckpointError",
+    "find_last_checkpoint",
+    "non_finite_weights",
+    "print_summary",
+    "read_checkpoint",
+    "to_float_dict",
+    "write_metrics",
+]

@@ -117,3 +117,44 @@ def test_latent_space_trains_a_2d_vae_and_maps_it(
     assert (out / "train" / "checkpoints" / "last.ckpt").is_file()
     assert (out / "latent_map.png").stat().st_size > 1000
     assert count_pngs(nb) >= 4  # traversals, interpolations, latent map, decoded manifold
+
+
+def test_the_readme_command_with_a_relative_checkpoint_works(
+    tmp_path: Path, data_dir: Path
+) -> None:
+    # Issue 11. The README's `VAELAB_CHECKPOINT=logs/.../last.ckpt jupyter execute
+    # notebooks/02_latent_space.ipynb`, typed at the repository root: the kernel runs in
+    # notebooks/, where the relative path used to be read from (and "did not exist").
+    import os
+    import subprocess
+
+    from tests.conftest import compose_train
+    from vaelab.train import train
+
+    cfg = compose_train(
+        ["model.latent_dim=2", "test=false", "~callbacks.images", "data.download=false"],
+        tmp_path,
+        data_dir,
+    )
+    train(cfg)
+    ckpt = os.path.relpath(tmp_path / "run" / "checkpoints" / "last.ckpt", REPO)
+    env = {
+        **os.environ,
+        "VAELAB_CHECKPOINT": ckpt,
+        "VAELAB_NOTEBOOK_TINY": "1",
+        "VAELAB_DATA_DIR": str(data_dir),
+        "VAELAB_NOTEBOOK_OUT": str(tmp_path / "out"),
+        "PYDEVD_DISABLE_FILE_VALIDATION": "1",
+        "PWD": str(REPO),
+    }
+    jupyter = Path(sys.executable).parent / "jupyter"
+    proc = subprocess.run(
+        [str(jupyter), "execute", "notebooks/02_latent_space.ipynb"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (tmp_path / "out" / "02_latent_space" / "latent_map.png").stat().st_size > 1000

@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from tests.helpers.workflow import cli_env, job_metrics, run_cli, run_dirs, sweep_dirs, tiny
+from vaelab.checkpoints import read_checkpoint
 from vaelab.loggers import (
     offline_runs,
     read_offline_run,
@@ -111,7 +112,7 @@ def test_resume_continues_the_same_wandb_run(wandb_sweep: dict) -> None:
     sweep: Path = wandb_sweep["sweep"]
     first = read_offline_run(offline_runs(sweep / "0")[0])
     last = sweep / "0" / "checkpoints" / "last.ckpt"
-    saved = torch.load(last, map_location="cpu", weights_only=False)
+    saved = read_checkpoint(last)  # weights-only: vaelab's checkpoints need no pickle
     assert saved["callbacks"]["WandbResume"]["run_id"] == first["id"]
 
     tmp: Path = wandb_sweep["tmp"]

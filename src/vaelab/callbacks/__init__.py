@@ -24,8 +24,10 @@ __all__ = [
     "traversal_grid",
 ]
 
-# Workflow callbacks (progress bar with throughput; W&B run id in checkpoints).
+# Workflow callbacks (progress bar with throughput; W&B run id in checkpoints; RNG states in
+# checkpoints for an exact resume, added to every run by vaelab.train).
 from vaelab.callbacks.progress import ThroughputProgressBar
+from vaelab.callbacks.resume import ResumeState
 from vaelab.callbacks.wandb_resume import WandbResume
 
-__all__ += ["ThroughputProgressBar", "WandbResume"]
+__all__ += ["ResumeState", "ThroughputProgressBar", "WandbResume"]

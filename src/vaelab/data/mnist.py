@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -32,6 +33,10 @@ LAROCHELLE_DIR = "BinarizedMNIST"
 
 class DatasetNotFoundError(FileNotFoundError):
     """A dataset's files are missing and could not be downloaded."""
+
+
+class DatasetCorruptError(DatasetNotFoundError):
+    """A dataset file is there but truncated or corrupt (its size does not match its header)."""
 
 
 def _raw_dir(data_dir: str) -> Path:
@@ -117,10 +122,38 @@ def ensure_larochelle(data_dir: str) -> dict[str, Path]:
     return paths
 
 
+def check_idx_file(path: Path) -> None:
+    """Refuse an IDX file whose size is not what its header says (truncated, or not IDX at all).
+
+    Raises:
+        DatasetCorruptError: naming the file, the sizes and how to replace it.
+    """
+    if not path.is_file():
+        return  # torchvision reads the .gz, or ensure_mnist reports the missing file
+    size = path.stat().st_size
+    with path.open("rb") as f:
+        header = f.read(4)
+        ndim = header[3] if len(header) == 4 else 0
+        dims = f.read(4 * ndim)
+    expected = None
+    if len(header) == 4 and header[:3] == b"\x00\x00\x08" and len(dims) == 4 * ndim:
+        shape = [int.from_bytes(dims[4 * i : 4 * i + 4], "big") for i in range(ndim)]
+        expected = 4 + 4 * ndim + math.prod(shape)
+        if size == expected:
+            return
+    what = f"{expected:,} bytes expected from its header" if expected else "no uint8 IDX header"
+    raise DatasetCorruptError(
+        f"MNIST file {path} is {size:,} bytes ({what}): it is truncated or corrupt. Delete it "
+        f"and copy it again (or delete {path.parent}/ and run with data.download=true to fetch "
+        "the four files anew)."
+    )
+
+
 def read_mnist_images(data_dir: str, train: bool) -> Tensor:
     """uint8 (N, 1, 28, 28) decoded once by torchvision's IDX reader."""
     from torchvision.datasets import MNIST
 
+    check_idx_file(_raw_dir(data_dir) / MNIST_FILES[0 if train else 2])
     ds = MNIST(data_dir, train=train, download=False)
     return ds.data.unsqueeze(1).contiguous()
 
@@ -128,6 +161,7 @@ def read_mnist_images(data_dir: str, train: bool) -> Tensor:
 def read_mnist_labels(data_dir: str, train: bool) -> Tensor:
     from torchvision.datasets import MNIST
 
+    check_idx_file(_raw_dir(data_dir) / MNIST_FILES[1 if train else 3])
     return MNIST(data_dir, train=train, download=False).targets
 
 
