@@ -40,6 +40,10 @@ _HYDRA_DROP = (
 # Set by Lightning's launcher in the parent process; left behind, the next job would believe its
 # processes are started externally (LOCAL_RANK present) and wait for ranks that never come.
 _LAUNCHER_ENV = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE")
+# Lightning's DDP launcher builds the children's command line in the private function
+# ``_hydra_subprocess_cmd`` (lightning 2.4-2.6) and offers no public hook to change it (a custom
+# launcher would mean a custom strategy copying the launcher's private process handling), so that
+# one function is swapped for the duration of a multirun job, and left alone when it is absent.
 _PATCHED_MODULES = (
     "lightning.fabric.strategies.launchers.subprocess_script",
     "lightning.pytorch.strategies.launchers.subprocess_script",

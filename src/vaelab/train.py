@@ -22,6 +22,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from vaelab.callbacks.resume import ResumeState
+from vaelab.callbacks.wandb_resume import tracking_callbacks, wandb_state_from_checkpoint
 from vaelab.checkpoints import (
     AtomicCheckpointIO,
     CheckpointError,
@@ -34,7 +35,7 @@ from vaelab.checkpoints import (
 from vaelab.config import config_dir, register_resolvers
 from vaelab.distributed import hydra_ddp_jobs
 from vaelab.lit import GenerativeModule
-from vaelab.loggers import finish_loggers, resume_loggers, tracking_callbacks
+from vaelab.loggers import continue_wandb_runs, finish_loggers, is_wandb_logger_config
 from vaelab.utils import print_summary, to_float_dict, write_metrics
 
 log = logging.getLogger(__name__)
@@ -165,16 +166,18 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     try:
         if cfg.get("seed") is not None:
             L.seed_everything(cfg.seed, workers=True)
+        ckpt_path = resolve_ckpt_path(cfg)
+        if ckpt_path and any(map(is_wandb_logger_config, (cfg.get("logger") or {}).values())):
+            # A resumed run continues its W&B run: the saved id goes into the logger's config.
+            saved = read_checkpoint(ckpt_path, trust=bool(cfg.get("trust_checkpoint", False)))
+            if continue_wandb_runs(cfg.logger, wandb_state_from_checkpoint(saved)):
+                log.info("Continuing the W&B run saved in %s", ckpt_path)
         run_config = OmegaConf.to_container(cfg, resolve=True)
-        ckpt_path = resolve_ckpt_path(cfg, run_config)
         objects = build(cfg)
         trainer: L.Trainer = objects["trainer"]
         module: GenerativeModule = objects["module"]
         datamodule = objects["datamodule"]
         module.run_config = run_config  # saved in every checkpoint, so vaelab-eval can rebuild it
-        resume_loggers(  # a resumed run continues its W&B run
-            objects["loggers"], ckpt_path, trust=bool(cfg.get("trust_checkpoint", False))
-        )
         for lg in objects["loggers"]:
             lg.log_hyperparams(run_config)
         if cfg.get("train", True):

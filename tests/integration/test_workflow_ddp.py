@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers.wandb_offline import offline_runs, read_offline_run
 from tests.helpers.workflow import cli_env, job_metrics, run_cli, run_dirs, sweep_dirs, tiny
-from vaelab.loggers import offline_runs, read_offline_run
 
 DDP = "trainer=ddp trainer.accelerator=cpu trainer.devices=2"
 

@@ -19,9 +19,9 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.errors import MissingConfigException
 
+from tests.helpers.wandb_offline import offline_runs, read_offline_run
 from tests.helpers.workflow import cli_env, job_metrics, run_cli, sweep_dirs, tiny
 from vaelab.config import config_dir
-from vaelab.loggers import offline_runs, read_offline_run
 
 REPO = Path(__file__).resolve().parents[2]
 DOC = REPO / "README.md"

@@ -1,6 +1,6 @@
 """Weights & Biases with no account and no network: real offline runs from ``vaelab-train``.
 
-The runs are read back from their ``run-<id>.wandb`` files (``vaelab.loggers.read_offline_run``),
+The runs are read back from their ``run-<id>.wandb`` files (``tests.helpers.wandb_offline.read_offline_run``),
 so the tests check what W&B would upload with ``wandb sync``: the resolved config, the metrics,
 the pictures, the group and the run id.
 """
@@ -15,14 +15,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.helpers.wandb_offline import offline_runs, read_offline_run
 from tests.helpers.workflow import cli_env, job_metrics, run_cli, run_dirs, sweep_dirs, tiny
 from vaelab.checkpoints import read_checkpoint
-from vaelab.loggers import (
-    offline_runs,
-    read_offline_run,
-    resolve_mode,
-    wandb_api_key_available,
-)
+from vaelab.loggers import resolve_mode, wandb_api_key_available
 
 
 # -- the mode, without wandb ---------------------------------------------------------------------
