@@ -14,7 +14,7 @@ import argparse
 import json
 from pathlib import Path
 
-import torch
+from vaelab.checkpoints import read_checkpoint
 
 # task_name / experiment -> (paper, model, metric, published value, unit)
 PUBLISHED = {
@@ -48,7 +48,7 @@ def describe(run: Path) -> dict:
     cfg = {}
     ckpt = run / "checkpoints" / "last.ckpt"
     if ckpt.is_file():
-        cfg = torch.load(ckpt, map_location="cpu", weights_only=False).get("vaelab_config", {})
+        cfg = read_checkpoint(ckpt).get("vaelab_config", {})  # weights-only: runs no pickle
     task = str(cfg.get("task_name", run.parts[-3] if len(run.parts) >= 3 else run.name))
     key = next((k for k in PUBLISHED if task.startswith(k)), None)
     return {"run": run, "task": task, "key": key, "metrics": metrics, "cfg": cfg}

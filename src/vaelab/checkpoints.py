@@ -249,6 +249,7 @@ RESUME_FREE = (
     "data.download",
     "data.on_device",
     "data.eval_batch_size",
+    "data.eval_seed",
     "module.val_num_samples",
     "module.test_num_samples",
     "module.eval_seed",
