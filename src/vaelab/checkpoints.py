@@ -48,13 +48,17 @@ def _describe(p: Path) -> str:
     return str(where)
 
 
-def read_checkpoint(path: str | os.PathLike[str], trust: bool = False) -> dict[str, Any]:
+def read_checkpoint(
+    path: str | os.PathLike[str], trust: bool = False, mmap: bool = False
+) -> dict[str, Any]:
     """Load a checkpoint on the CPU with ``weights_only=True``; errors say what is wrong and what to do.
 
     Args:
         path: the ``.ckpt`` file.
         trust: allow full unpickling (``weights_only=False``). Only for files you trust: a pickle
             can run any code when it is loaded.
+        mmap: map the tensors from the file instead of reading them (to look at the config of
+            many checkpoints quickly).
 
     Raises:
         CheckpointError: missing, truncated or corrupt file, not a Lightning checkpoint, or a file
@@ -73,7 +77,7 @@ def read_checkpoint(path: str | os.PathLike[str], trust: bool = False) -> dict[s
             "checkpoints/best-*.ckpt, or delete it to start afresh"
         )
     try:
-        ckpt = torch.load(p, map_location="cpu", weights_only=not trust)
+        ckpt = torch.load(p, map_location="cpu", weights_only=not trust, mmap=mmap)
     except pickle.UnpicklingError as err:
         if trust:
             raise CheckpointError(
@@ -323,7 +327,7 @@ def find_resume_checkpoint(
     first_mismatch = ""
     for p in found:
         try:
-            ckpt = read_checkpoint(p, trust=trust)
+            ckpt = read_checkpoint(p, trust=trust, mmap=True)  # the config, not the tensors
         except CheckpointError as err:
             if not matches:
                 raise CheckpointError(

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from tests.conftest import REPO, compose_train
 from tests.helpers.workflow import cli_env, run_cli, tiny
@@ -274,14 +276,18 @@ def test_each_job_of_a_rerun_sweep_resumes_its_own_checkpoint(
     run_cli("vaelab-train -m seed=1,0,2", extra, env=env, cwd=tmp_path)
     sweeps = sorted(p for p in (logs / "train" / "multiruns").iterdir() if p.is_dir())
     assert len(sweeps) == 2
-    for job in sorted(sweeps[-1].glob("*/metrics.json")):
-        m = json.loads(job.read_text())
-        seed = read_checkpoint(m["last_checkpoint"])["vaelab_config"]["seed"]
+    jobs = sorted(p for p in sweeps[-1].iterdir() if (p / "metrics.json").is_file())
+    assert len(jobs) == 3
+    for job in jobs:
+        overrides = [str(o) for o in OmegaConf.load(job / ".hydra" / "overrides.yaml")]
+        seed = int(next(o for o in overrides if o.startswith("seed=")).split("=")[1])
+        resumed = re.search(r"Resuming from (\S+)", (job / "train.log").read_text())
+        m = json.loads((job / "metrics.json").read_text())
+        assert m["global_step"] == 4  # 2 restored + 2 new, or 2 epochs x 2 from scratch
         if seed == 2:
-            assert m["resumed_from"] is None and m["global_step"] == 4  # fresh: 2 epochs x 2
+            assert resumed is None  # never started before: a fresh run
         else:
-            assert Path(m["resumed_from"]).parents[1] == first[seed]
-            assert m["global_step"] == 4  # 2 restored + 2 new
+            assert resumed is not None and Path(resumed.group(1)).parents[1] == first[seed]
 
 
 # -- unique folders, failure records ---------------------------------------------------------------
