@@ -18,17 +18,6 @@ from vaelab.checkpoints import (
 )
 
 
-def find_last_checkpoint(log_dir: str | Path, task_name: str) -> Path:
-    """The newest ``last.ckpt`` under ``log_dir/task_name`` (for ``ckpt_path=last``)."""
-    root = Path(log_dir) / task_name
-    found = sorted(root.glob("**/checkpoints/last*.ckpt"), key=lambda q: q.stat().st_mtime)
-    if not found:
-        raise CheckpointError(
-            f"ckpt_path=last: no last.ckpt under {root}/; train first, or pass an explicit path"
-        )
-    return found[-1]
-
-
 def to_float_dict(metrics: Mapping[str, Any]) -> dict[str, float]:
     out: dict[str, float] = {}
     for k, v in metrics.items():
@@ -93,7 +82,6 @@ def print_summary(title: str, metrics: Mapping[str, float], where: Mapping[str, 
 
 __all__ = [
     "CheckpointError",
-    "find_last_checkpoint",
     "non_finite_weights",
     "print_summary",
     "read_checkpoint",
