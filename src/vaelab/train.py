@@ -238,12 +238,21 @@ register_resolvers()
 
 
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="train")
-def main(cfg: DictConfig) -> float | None:
+def hydra_main(cfg: DictConfig) -> float | None:
     """Hydra entry point; returns ``optimized_metric`` for sweepers."""
     with hydra_ddp_jobs("vaelab.train"):  # DDP children start this job, not the whole sweep
         metrics, _ = train(cfg)
     name = cfg.get("optimized_metric")
     return metrics.get(name) if name else None
+
+
+def main() -> None:
+    """``vaelab-train``: a missing sweeper/launcher plugin is named with its ``pip install``
+    before Hydra looks for its config (which would only say the option does not exist)."""
+    from vaelab.extras import check_command_line
+
+    check_command_line(prog="vaelab-train")
+    hydra_main()
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -186,16 +187,18 @@ def test_an_interrupted_checkpoint_write_keeps_the_previous_last_ckpt(
         write_metrics(folder / "probe.json", {})  # the next write in the folder removes it
         assert [n for n in files_in(folder) if not n.endswith((".ckpt", ".json"))] == []
     finally:
-        for p in tmpdir.iterdir():
-            if p.is_file():
-                p.unlink()
+        shutil.rmtree(tmpdir, ignore_errors=True)
 
 
 def test_a_failed_metrics_write_keeps_the_previous_metrics_json(
     fake_mnist: Path, tmp_path: Path
 ) -> None:
     # Before: Path.write_text truncated metrics.json first: a full disk left it empty or cut.
-    rc = interrupt("full", "metrics", tmp_path, fake_mnist, other_filesystem_tmpdir(tmp_path))
+    tmpdir = other_filesystem_tmpdir(tmp_path)
+    try:
+        rc = interrupt("full", "metrics", tmp_path, fake_mnist, tmpdir)
+    finally:
+        shutil.rmtree(tmpdir, ignore_errors=True)
     assert rc != 0
     path = tmp_path / "metrics.json"
     assert (

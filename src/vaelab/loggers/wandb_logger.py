@@ -60,6 +60,9 @@ class WandbLogger(_LightningWandbLogger):
         settings: Mapping[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
+        from vaelab.extras import require
+
+        require("wandb", "logger=wandb")  # the pip install to run, not Lightning's bare hint
         mode = resolve_mode(offline)
         if mode == "offline" and offline is None:
             log.info(
