@@ -7,6 +7,7 @@ The heavy integrations are extras (``make install`` installs them all, through t
 - ``vaelab[sweeps]``: ``hparams_search=...`` / ``hydra/sweeper=optuna`` (hydra-optuna-sweeper),
   ``hydra/launcher=parallel`` (hydra-joblib-launcher), ``hydra/launcher=slurm``
   (hydra-submitit-launcher);
+- ``vaelab[compression]``: ``vaelab-compress`` (constriction; ``vaelab.compression`` names it);
 - ``vaelab[all]``: all of them.
 
 Hydra looks for sweeper and launcher configs before vaelab's code runs, so the command line is
