@@ -1,18 +1,32 @@
-"""Time one training epoch through vaelab's Trainer against a bare PyTorch loop, in one process.
+"""Time training epochs of vaelab against a loop written by hand, in one process.
 
-Both loops train the same model (built from the same Hydra config) on the same pre-loaded uint8
-tensor with the same batch size, dynamic binarization and thread count; runs alternate
-(bare, vaelab, bare, vaelab, ...). Ratios reported: of the median epoch times (``ratio``), the
-median of the per-pair epoch ratios (``pair_ratio_median``, robust to drifts in machine speed),
-and of the median step intervals, batch start to next batch start (``step_ratio``), which stays
-meaningful when other processes load the machine in bursts, and of the process CPU time per
-epoch (``cpu_ratio``), which other processes barely touch (use one thread: OMP_NUM_THREADS=1).
-Optionally it also times L_5000 over the 10,000 MNIST test images.
+Arms (all train on the same MNIST training images, batch size, thread count and device):
 
-    python benchmarks/epoch_speed.py                      # 784-200-200-50 VAE, batch 100
-    python benchmarks/epoch_speed.py --model hvae --experiment iwae_vae_2layer
-    python benchmarks/epoch_speed.py --ll --ll-images 10000   # + L_5000 over the test set
-    python benchmarks/epoch_speed.py --plain-lightning        # + a minimal LightningModule
+- ``hand``: the loop a researcher would write (``benchmarks/handwritten.py``: ``nn.Sequential``
+  MLPs, ``binary_cross_entropy_with_logits``, analytic KL, fused Adam, a pre-loaded float tensor,
+  one ``torch.bernoulli`` per batch). No vaelab code. **The baseline of every ratio.**
+- ``bare``: vaelab's own model (``instantiate(cfg.model)``) and optimizer in a plain PyTorch loop
+  over the same kind of batches: ``bare / hand`` is the cost of vaelab's model code alone.
+- ``vaelab``: a whole ``vaelab-train`` epoch through the Trainer that ``vaelab.train.build`` makes
+  (callbacks, CSV logger, checkpoint at the end of the epoch): ``vaelab / bare`` is the loop's cost.
+- ``--variant NAME=OVERRIDE[,OVERRIDE...]``: more vaelab arms with extra Hydra overrides, e.g.
+  ``--variant k8=module.steps_per_batch=8`` or ``--variant compile=module.compile=true``.
+- ``--plain-lightning``: a minimal LightningModule (loss and optimizer only) under a bare Trainer.
+
+Runs alternate (hand, bare, vaelab, variants..., hand, bare, ...) so that a machine that speeds up
+or slows down moves every arm alike. For each batch size and arm it reports: epoch wall seconds,
+``ms_per_step`` (median epoch / optimizer steps), ``step_median_ms`` (median interval between
+consecutive optimizer steps: robust to bursts of load from other processes), CPU seconds per
+epoch, and their ratios to ``hand`` (``ratio``: of the epoch medians; ``pair_ratio_median``: median
+of the per-rep ratios; ``step_ratio``, ``cpu_ratio``). At batch 20 (the IWAE protocol) it
+extrapolates the full schedule, 3280 epochs x 2980 steps (59,600 training images), from
+``ms_per_step`` (training steps only; validation each epoch is not included).
+
+    python benchmarks/epoch_speed.py                                  # 784-200-200-50 VAE
+    python benchmarks/epoch_speed.py --experiment iwae_vae_1layer     # the paper's 1-layer model
+    python benchmarks/epoch_speed.py --experiment iwae_vae_2layer --model hvae
+    python benchmarks/epoch_speed.py --variant k8=module.steps_per_batch=8
+    python benchmarks/epoch_speed.py --ll --ll-images 10000           # + L_5000 over the test set
 """
 
 from __future__ import annotations
@@ -26,18 +40,21 @@ import time
 from pathlib import Path
 
 import torch
+from handwritten import run_epoch as run_hand  # benchmarks/ is on sys.path
 from hydra import compose, initialize_config_dir
-from timing import run_plain_lightning, run_vaelab  # benchmarks/ is on sys.path
+from timing import run_plain_lightning, run_vaelab_epoch
 
 from vaelab.config import config_dir
 from vaelab.data.transforms import dynamic_binarize
 
+IWAE_EPOCHS = 3280  # sum of 3^i, i = 0..7 (Burda et al. 2015)
+IWAE_STEPS_PER_EPOCH = 2980  # 59,600 training images (400 held out) at batch 20
 
-def compose_cfg(args: argparse.Namespace, out: Path):
+
+def compose_cfg(args: argparse.Namespace, batch_size: int, out: Path, extra: list[str]):
     overrides = [
         f"model={args.model}",
         "data=binarized_mnist",
-        f"data.batch_size={args.batch_size}",
         "trainer.max_epochs=1",
         "+trainer.limit_val_batches=0",
         "+trainer.num_sanity_val_steps=0",
@@ -51,16 +68,21 @@ def compose_cfg(args: argparse.Namespace, out: Path):
     ]
     if args.experiment:
         overrides.insert(0, f"experiment={args.experiment}")
-        overrides.append(f"data.batch_size={args.batch_size}")
-    overrides += args.overrides
+    overrides += [f"data.batch_size={batch_size}", *args.overrides, *extra]
     with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
         return compose(config_name="train", overrides=overrides)
 
 
-def run_bare(
-    cfg, data: torch.Tensor, device: torch.device
-) -> tuple[float, list[float], list[float]]:
-    """The same model, optimizer, batches and binarization in a plain PyTorch loop."""
+def layer_spec(cfg) -> list[tuple[int, list[int]]]:
+    """The model's (latent_dim, hidden widths) per layer, read from the config, for ``hand``."""
+    m = cfg.model
+    if "layers" in m:
+        return [(int(s.latent_dim), [int(h) for h in s.hidden]) for s in m.layers]
+    return [(int(m.latent_dim), [int(h) for h in m.encoder.net.hidden])]
+
+
+def run_bare(cfg, data: torch.Tensor, device: torch.device):
+    """vaelab's model and optimizer in a plain PyTorch loop (vaelab's binarization of uint8)."""
     from hydra.utils import instantiate
 
     torch.manual_seed(cfg.seed)
@@ -86,7 +108,7 @@ def run_bare(
         opt.step()
     if device.type == "cuda":
         torch.cuda.synchronize()
-    return time.perf_counter() - t0, steps, [time.process_time() - cpu0]
+    return time.perf_counter() - t0, steps, time.process_time() - cpu0, n_batches
 
 
 def load_train(data_dir: str, n: int) -> torch.Tensor:
@@ -122,18 +144,54 @@ def time_ll(cfg, data_dir: str, num_images: int, k: int, batch: int) -> dict:
     }
 
 
+def summarise(runs: dict[str, list[tuple[float, list[float], float, int]]]) -> dict:
+    """Per arm: medians, ms per optimizer step and the ratios to ``hand``."""
+    out: dict[str, dict] = {}
+    for arm, reps in runs.items():
+        epochs = [r[0] for r in reps]
+        steps = [s for r in reps for s in r[1]]
+        n_steps = reps[0][3]
+        out[arm] = {
+            "epoch_s": [round(t, 3) for t in epochs],
+            "epoch_median_s": round(statistics.median(epochs), 3),
+            "optimizer_steps": n_steps,
+            "ms_per_step": round(1e3 * statistics.median(epochs) / n_steps, 4),
+            "step_median_ms": round(1e3 * statistics.median(steps), 4) if steps else None,
+            "cpu_per_epoch_s": round(statistics.mean(r[2] for r in reps), 3),
+        }
+    hand = runs["hand"]
+    for arm, reps in runs.items():
+        d = out[arm]
+        d["ratio"] = round(d["epoch_median_s"] / out["hand"]["epoch_median_s"], 3)
+        d["pair_ratio_median"] = round(
+            statistics.median(r[0] / h[0] for r, h in zip(reps, hand)), 3
+        )
+        if d["step_median_ms"] and out["hand"]["step_median_ms"]:
+            d["step_ratio"] = round(d["step_median_ms"] / out["hand"]["step_median_ms"], 3)
+        d["cpu_ratio"] = round(d["cpu_per_epoch_s"] / out["hand"]["cpu_per_epoch_s"], 3)
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument("--model", default="vae")
     p.add_argument("--experiment", default=None)
-    p.add_argument("--batch-size", type=int, default=100)
-    p.add_argument("--reps", type=int, default=7, help="epochs timed for each loop (alternating)")
+    p.add_argument("--batch-sizes", type=int, nargs="+", default=[20, 100])
+    p.add_argument("--reps", type=int, default=5, help="epochs timed for each arm (alternating)")
     p.add_argument("--train-images", type=int, default=55000)
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data-dir", default=os.environ.get("VAELAB_DATA_DIR", "../shared/data"))
+    p.add_argument("--no-bare", action="store_true", help="skip the same-model bare loop")
+    p.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="NAME=OVERRIDES",
+        help="an extra vaelab arm: a name and comma-separated Hydra overrides",
+    )
     p.add_argument(
         "--plain-lightning",
         action="store_true",
@@ -144,73 +202,72 @@ def main() -> None:
     p.add_argument("--ll-k", type=int, default=5000)
     p.add_argument("--ll-batch", type=int, default=500)
     p.add_argument(
-        "--max-ratio", type=float, default=None, help="exit 1 if vaelab/bare exceeds this"
+        "--max-ratio", type=float, default=None, help="exit 1 if vaelab/hand exceeds this"
     )
     p.add_argument("--json", default=None, help="write the results here")
-    p.add_argument("overrides", nargs="*", help="extra Hydra overrides")
+    p.add_argument("overrides", nargs="*", help="extra Hydra overrides (every vaelab arm)")
     args = p.parse_args()
+
+    variants: dict[str, list[str]] = {}
+    for v in args.variant:
+        name, _, ov = v.partition("=")
+        if not name or not ov:
+            p.error(f"--variant wants NAME=OVERRIDE[,OVERRIDE...], got {v!r}")
+        variants[name] = ov.split(",")
 
     out = Path("logs/benchmarks/epoch_speed")
     out.mkdir(parents=True, exist_ok=True)
-    cfg = compose_cfg(args, out)
     data = load_train(args.data_dir, args.train_images)
     device = torch.device(args.device)
-    bare, lab, bare_steps, lab_steps, bare_cpu, lab_cpu = [], [], [], [], [], []
-    plain, plain_steps = [], []
-    for _ in range(args.reps):
-        if args.plain_lightning:
-            t, _, st = run_plain_lightning(cfg, data)
-            plain.append(t)
-            plain_steps += st
-        t, st, cp = run_bare(cfg, data, device)
-        bare.append(t)
-        bare_steps += st
-        bare_cpu += cp
-        t, cp, st = run_vaelab(cfg, data)
-        lab.append(t)
-        lab_steps += st
-        lab_cpu.append(cp)
-    result = {
+    result: dict = {
         "model": args.model,
         "experiment": args.experiment,
-        "batch_size": args.batch_size,
         "train_images": int(data.shape[0]),
         "threads": torch.get_num_threads(),
         "device": args.device,
-        "bare_epoch_s": [round(t, 3) for t in bare],
-        "vaelab_epoch_s": [round(t, 3) for t in lab],
-        "bare_median_s": round(statistics.median(bare), 3),
-        "vaelab_median_s": round(statistics.median(lab), 3),
+        "variants": {k: v for k, v in variants.items()},
+        "batch": {},
     }
-    result["ratio"] = round(result["vaelab_median_s"] / result["bare_median_s"], 3)
-    # Median over the adjacent (bare, vaelab) pairs of their epoch ratio: each pair ran seconds
-    # apart, so a machine that speeds up or slows down over the run moves both alike.
-    result["pair_ratio_median"] = round(statistics.median(v / b for b, v in zip(bare, lab)), 3)
-    # Median step interval: robust to bursts of load from other processes on a shared machine.
-    result["bare_step_median_ms"] = round(1e3 * statistics.median(bare_steps), 3)
-    result["vaelab_step_median_ms"] = round(1e3 * statistics.median(lab_steps), 3)
-    result["step_ratio"] = round(result["vaelab_step_median_ms"] / result["bare_step_median_ms"], 3)
-    # CPU seconds this process spent per epoch (all its threads): nearly immune to other processes;
-    # with one intra-op thread it equals wall time on an idle machine.
-    result["bare_cpu_per_epoch_s"] = round(sum(bare_cpu) / args.reps, 3)
-    result["vaelab_cpu_per_epoch_s"] = round(sum(lab_cpu) / args.reps, 3)
-    result["cpu_ratio"] = round(sum(lab_cpu) / sum(bare_cpu), 3)
-    if plain:
-        result["plain_lightning_median_s"] = round(statistics.median(plain), 3)
-        result["plain_lightning_ratio"] = round(
-            result["plain_lightning_median_s"] / result["bare_median_s"], 3
-        )
-        result["plain_lightning_step_ratio"] = round(
-            statistics.median(plain_steps) / statistics.median(bare_steps), 3
-        )
+    for bs in args.batch_sizes:
+        cfg = compose_cfg(args, bs, out, [])
+        cfgs = {name: compose_cfg(args, bs, out, ov) for name, ov in variants.items()}
+        layers = layer_spec(cfg)
+        lr = float(cfg.optimizer.lr)
+        runs: dict[str, list] = {"hand": []}
+        if not args.no_bare:
+            runs["bare"] = []
+        runs["vaelab"] = []
+        for name in cfgs:
+            runs[name] = []
+        if args.plain_lightning:
+            runs["plain_lightning"] = []
+        for _ in range(args.reps):
+            runs["hand"].append(run_hand(data, layers, bs, lr, args.seed, device))
+            if not args.no_bare:
+                runs["bare"].append(run_bare(cfg, data, device))
+            runs["vaelab"].append(run_vaelab_epoch(cfg, data))
+            for name, c in cfgs.items():
+                runs[name].append(run_vaelab_epoch(c, data))
+            if args.plain_lightning:
+                runs["plain_lightning"].append(run_plain_lightning(cfg, data))
+        res = summarise(runs)
+        if bs == 20:
+            for d in res.values():
+                d["full_iwae_schedule_h"] = round(
+                    d["ms_per_step"] * IWAE_EPOCHS * IWAE_STEPS_PER_EPOCH / 3.6e6, 2
+                )
+        result["batch"][str(bs)] = res
+        print(json.dumps({f"batch {bs}": res}, indent=1), flush=True)
     if args.ll:
         result.update(time_ll(cfg, args.data_dir, args.ll_images, args.ll_k, args.ll_batch))
     print(json.dumps(result, indent=2))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
-    if args.max_ratio is not None and result["step_ratio"] > args.max_ratio:
-        print(f"FAIL: step ratio {result['step_ratio']} > {args.max_ratio}", file=sys.stderr)
-        sys.exit(1)
+    if args.max_ratio is not None:
+        worst = max(b["vaelab"]["ratio"] for b in result["batch"].values())
+        if worst > args.max_ratio:
+            print(f"FAIL: vaelab/hand ratio {worst} > {args.max_ratio}", file=sys.stderr)
+            sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -13,39 +13,48 @@ from vaelab.train import build
 
 
 class EpochTimer(Callback):
-    """Wall and CPU time of each training epoch (the Trainer's own overhead included), and the
-    intervals between consecutive batch starts (one whole step each)."""
+    """Wall and CPU time of each training epoch (the Trainer's own overhead included), the
+    intervals between consecutive batch starts divided by the optimizer steps taken in between
+    (one whole optimizer step each, also when a batch holds several), and the optimizer steps of
+    each epoch."""
 
     def __init__(self) -> None:
         self.times: list[float] = []
         self.cpu: list[float] = []
         self.steps: list[float] = []
+        self.optimizer_steps: list[int] = []
         self._last: float | None = None
 
     def on_train_epoch_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         self._t0 = time.perf_counter()
         self._cpu0 = time.process_time()
         self._last = None
+        self._step0 = trainer.global_step
 
     def on_train_batch_start(
         self, trainer: L.Trainer, module: L.LightningModule, batch: object, batch_idx: int
     ) -> None:
         now = time.perf_counter()
-        if self._last is not None:
-            self.steps.append(now - self._last)
-        self._last = now
+        step = trainer.global_step
+        if self._last is not None and step > self._last_step:
+            per = (now - self._last) / (step - self._last_step)
+            self.steps.extend([per] * (step - self._last_step))
+        self._last, self._last_step = now, step
 
     def on_train_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         if module.device.type == "cuda":
             torch.cuda.synchronize()
         self.times.append(time.perf_counter() - self._t0)
         self.cpu.append(time.process_time() - self._cpu0)
+        self.optimizer_steps.append(trainer.global_step - self._step0)
 
 
 Timing = tuple[float, float, list[float]]  # epoch wall s, epoch CPU s, step intervals s
+# epoch wall s, optimizer-step intervals s, epoch CPU s, optimizer steps
+EpochTiming = tuple[float, list[float], float, int]
 
 
-def run_vaelab(cfg: DictConfig, data: torch.Tensor) -> Timing:
+def run_vaelab_epoch(cfg: DictConfig, data: torch.Tensor) -> EpochTiming:
     """One epoch through the Trainer built by ``vaelab.train.build`` (logging, checks, callbacks)."""
     L.seed_everything(cfg.seed, workers=True)
     objects = build(cfg)
@@ -54,7 +63,13 @@ def run_vaelab(cfg: DictConfig, data: torch.Tensor) -> Timing:
     dm = objects["datamodule"]
     dm.splits = {"train": data, "val": data[:0], "test": data[:0]}  # the same pre-loaded tensor
     objects["trainer"].fit(objects["module"], datamodule=dm)
-    return timer.times[-1], timer.cpu[-1], timer.steps
+    return timer.times[-1], timer.steps, timer.cpu[-1], timer.optimizer_steps[-1]
+
+
+def run_vaelab(cfg: DictConfig, data: torch.Tensor) -> Timing:
+    """``run_vaelab_epoch`` as (epoch wall s, epoch CPU s, step intervals s)."""
+    wall, steps, cpu, _ = run_vaelab_epoch(cfg, data)
+    return wall, cpu, steps
 
 
 class PlainModule(L.LightningModule):
@@ -73,7 +88,7 @@ class PlainModule(L.LightningModule):
         return self.optimizer_factory(self.model.parameters())
 
 
-def run_plain_lightning(cfg: DictConfig, data: torch.Tensor) -> Timing:
+def run_plain_lightning(cfg: DictConfig, data: torch.Tensor) -> EpochTiming:
     """One epoch of ``PlainModule`` under a bare ``L.Trainer`` (no logger, checkpoints or bar)."""
     from hydra.utils import instantiate
 
@@ -95,4 +110,4 @@ def run_plain_lightning(cfg: DictConfig, data: torch.Tensor) -> Timing:
     dm = objects["datamodule"]
     dm.splits = {"train": data, "val": data[:0], "test": data[:0]}
     trainer.fit(PlainModule(objects["model"], instantiate(cfg.optimizer)), datamodule=dm)
-    return timer.times[-1], timer.cpu[-1], timer.steps
+    return timer.times[-1], timer.steps, timer.cpu[-1], timer.optimizer_steps[-1]

@@ -33,6 +33,7 @@ def test_epoch_speed_reports_every_ratio(fake_mnist: Path, tmp_path: Path) -> No
         "epoch_speed.py",
         [
             *("--reps", "1", "--train-images", "300", "--data-dir", str(fake_mnist)),
+            *("--batch-sizes", "20", "100", "--variant", "k1=module.check_grads=true"),
             *("--plain-lightning", "--ll", "--ll-images", "20", "--ll-k", "10", "--ll-batch", "10"),
             *("--json", str(out)),
         ],
@@ -40,10 +41,18 @@ def test_epoch_speed_reports_every_ratio(fake_mnist: Path, tmp_path: Path) -> No
     )
     assert r.returncode == 0, r.stderr[-3000:]
     d = json.loads(out.read_text())
-    assert d["train_images"] == 300 and d["batch_size"] == 100 and d["threads"] == 1
-    assert len(d["bare_epoch_s"]) == len(d["vaelab_epoch_s"]) == 1
-    for key in ("ratio", "pair_ratio_median", "step_ratio", "cpu_ratio", "plain_lightning_ratio"):
-        assert 0.2 < d[key] < 5.0, (key, d[key])  # sane, not a speed claim (3 steps of a tiny run)
+    assert d["train_images"] == 300 and d["threads"] == 1
+    assert set(d["batch"]) == {"20", "100"}
+    for bs, arms in d["batch"].items():
+        assert set(arms) == {"hand", "bare", "vaelab", "k1", "plain_lightning"}
+        assert arms["hand"]["ratio"] == 1.0  # the hand-written loop is the baseline
+        for arm, v in arms.items():
+            assert v["optimizer_steps"] == 300 // int(bs), (arm, v)
+            for key in ("ratio", "pair_ratio_median", "step_ratio", "cpu_ratio"):
+                assert 0.2 < v[key] < 5.0, (bs, arm, key, v[key])  # sane, not a speed claim
+    full = d["batch"]["20"]["vaelab"]["full_iwae_schedule_h"]
+    per_step = d["batch"]["20"]["vaelab"]["ms_per_step"]
+    assert abs(full - per_step * 3280 * 2980 / 3.6e6) < 0.01
     assert d["ll_images"] == 20 and d["ll_k"] == 10 and d["ll_seconds"] >= 0  # rounded to 0.01 s
 
 
