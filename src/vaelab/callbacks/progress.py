@@ -111,6 +111,9 @@ class ThroughputProgressBar(RichProgressBar):
     def _note_items(self, task_id: Any, batch: Any, trainer: L.Trainer) -> None:
         if task_id is not None and task_id not in self.items_per_batch:
             n = batch_items(batch)
+            k = getattr(trainer.lightning_module, "steps_per_batch", 1)
+            if n and k > 1 and trainer.training and isinstance(batch, Tensor) and batch.dim() > 1:
+                n = int(batch.shape[0] * batch.shape[1])  # K minibatches of B (steps_per_batch)
             if n:
                 self.items_per_batch[task_id] = n * trainer.world_size
 

@@ -81,6 +81,8 @@ class TensorImageDataModule(L.LightningDataModule):
         self.eval_seed = int(eval_seed)
         self.on_device = bool(on_device)
         self.splits: dict[str, Tensor] = {}
+        # Minibatches per training item, set by GenerativeModule(steps_per_batch=K) in setup.
+        self.steps_per_batch = 1
         self._device_cache: dict[tuple[str, str], Tensor] = {}
 
     # -- subclasses ----------------------------------------------------------------------------
@@ -164,6 +166,7 @@ class TensorImageDataModule(L.LightningDataModule):
             rank=rank,
             world_size=world,
             epoch_fn=self._current_epoch if (train and self.trainer is not None) else None,
+            steps_per_batch=self.steps_per_batch if train else 1,
         )
 
     def _current_epoch(self) -> int:

@@ -29,6 +29,9 @@ class IndexBatchLoader:
         rank, world_size: this process's shard (strided, unpadded).
         epoch_fn: returns the current epoch (so a resumed run keeps the epoch's order); if None
             the loader counts its own passes.
+        steps_per_batch: K; training only. Each item is then K consecutive minibatches stacked,
+            ``(K, B, ...)`` (the last of an epoch holds the remainder), the very minibatches
+            (same examples, same random transform draws) that ``K = 1`` yields one by one.
     """
 
     def __init__(
@@ -42,9 +45,16 @@ class IndexBatchLoader:
         rank: int = 0,
         world_size: int = 1,
         epoch_fn: Callable[[], int] | None = None,
+        steps_per_batch: int = 1,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if steps_per_batch < 1 or (steps_per_batch > 1 and not shuffle):
+            raise ValueError(
+                f"steps_per_batch must be >= 1 and is for the (shuffled) training loader only, "
+                f"got {steps_per_batch} (shuffle={shuffle})"
+            )
+        self.steps_per_batch = int(steps_per_batch)
         self.data = data
         self.batch_size = int(batch_size)
         self.transform = transform
@@ -60,6 +70,11 @@ class IndexBatchLoader:
     def __len__(self) -> int:
         if not self.shuffle:
             return len(range(self.rank, self.num_batches_total, self.world_size))
+        return math.ceil(self.num_minibatches / self.steps_per_batch)
+
+    @property
+    def num_minibatches(self) -> int:
+        """Training minibatches (optimizer steps) per epoch on this rank."""
         n = self.examples_per_rank
         return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
 
@@ -84,9 +99,18 @@ class IndexBatchLoader:
                 self.rank :: self.world_size
             ][: self.examples_per_rank]
             self.generator.manual_seed(self.seed + 7919 * (self.rank + 1) + 104729 * epoch)
-            for i in range(len(self)):
-                idx = order[i * self.batch_size : (i + 1) * self.batch_size]
-                yield self.transform(self.data[idx], self.generator)
+            n_mb, k, bs = self.num_minibatches, self.steps_per_batch, self.batch_size
+            if k == 1:
+                for i in range(n_mb):
+                    yield self.transform(self.data[order[i * bs : (i + 1) * bs]], self.generator)
+                return
+            for start in range(0, n_mb, k):
+                yield torch.stack(
+                    [
+                        self.transform(self.data[order[i * bs : (i + 1) * bs]], self.generator)
+                        for i in range(start, min(start + k, n_mb))
+                    ]
+                )
             return
         # Evaluation: whole batches are dealt to ranks (batch b goes to rank b % world_size), and
         # each batch's noise is seeded by its global index, so every example is seen exactly once

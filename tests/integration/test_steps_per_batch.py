@@ -1,0 +1,203 @@
+"""module.steps_per_batch=K: K optimizer steps per Lightning batch give exactly what K = 1 gives.
+
+Same seed, same data: the parameters after the same number of optimizer steps are bitwise equal,
+the training rows are the same (same steps, same values), the LR scheduler steps per step or per
+epoch as with K = 1, ``trainer.max_steps`` and the NaN stop land on the exact step, and what
+cannot be kept is refused with a message naming the option.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+from lightning.pytorch.callbacks import Callback
+
+from tests.conftest import compose_train
+from vaelab.lit import NonFiniteError
+from vaelab.train import train
+
+# 500 training images (600 - 100 held out), batch 50: 10 optimizer steps an epoch; K = 3 gives
+# blocks of 3, 3, 3 and 1. No limit_train_batches: with K > 1 it would count blocks.
+BASE = [
+    "~trainer.limit_train_batches",
+    "trainer.log_every_n_steps=1",
+    "test=false",
+    "logger=csv",
+    "model.encoder.net.hidden=[16,16]",
+    "model.latent_dim=4",
+    "callbacks.model_checkpoint.monitor=null",
+    "~callbacks.images",
+]
+
+
+def _run(tmp_path: Path, data: Path, name: str, extra: list[str]) -> tuple[dict, list[dict], dict]:
+    cfg = compose_train([*BASE, *extra], tmp_path / name, data)
+    _, objects = train(cfg)
+    state = {k: v.clone() for k, v in objects["module"].state_dict().items()}
+    with open(tmp_path / name / "run" / "csv" / "metrics.csv") as f:
+        rows = [r for r in csv.DictReader(f) if r.get("train/loss")]
+    info = {
+        "global_step": objects["trainer"].global_step,
+        "lr": [g["lr"] for g in objects["trainer"].optimizers[0].param_groups],
+        "opt": objects["trainer"].optimizers[0].state_dict(),
+    }
+    return state, rows, info
+
+
+def _assert_same(a: tuple, b: tuple) -> None:
+    sa, ra, ia = a
+    sb, rb, ib = b
+    assert sa.keys() == sb.keys()
+    for k in sa:
+        assert torch.equal(sa[k], sb[k]), k
+    train_keys = sorted(k for k in ra[0] if k.startswith("train/"))
+    assert [r["step"] for r in ra] == [r["step"] for r in rb]
+    for x, y in zip(ra, rb, strict=True):
+        assert {k: x[k] for k in train_keys} == {k: y[k] for k in train_keys}, x["step"]
+        assert x["epoch"] == y["epoch"]
+    assert ia["global_step"] == ib["global_step"]
+    assert ia["lr"] == ib["lr"]
+    for s1, s2 in zip(ia["opt"]["state"].values(), ib["opt"]["state"].values(), strict=True):
+        for k in s1:
+            assert torch.equal(s1[k], s2[k]), k
+
+
+def test_k_steps_per_batch_equal_k1_bitwise_with_an_epoch_schedule(
+    fake_mnist: Path, tmp_path: Path
+) -> None:
+    # The IWAE schedule (per epoch: lr drops after epoch 0), two epochs of 10 steps.
+    extra = [
+        "trainer.max_epochs=2",
+        "scheduler=null",
+        "+scheduler._target_=vaelab.optim.iwae_schedule",
+        "+scheduler._partial_=true",
+    ]
+    k1 = _run(tmp_path, fake_mnist, "k1", extra)
+    k3 = _run(tmp_path, fake_mnist, "k3", [*extra, "module.steps_per_batch=3"])
+    assert k1[2]["global_step"] == 20 and len(k1[1]) == 20
+    assert k1[2]["lr"] != [1e-3]  # the schedule did step
+    _assert_same(k1, k3)
+
+
+def test_k_steps_per_batch_equal_k1_with_a_step_schedule_and_max_steps(
+    fake_mnist: Path, tmp_path: Path
+) -> None:
+    extra = [
+        "trainer.max_epochs=3",
+        "+trainer.max_steps=13",  # inside the second block of epoch 1 for K = 4
+        "scheduler=null",
+        "+scheduler._target_=torch.optim.lr_scheduler.StepLR",
+        "+scheduler._partial_=true",
+        "+scheduler.step_size=2",
+        "+scheduler.gamma=0.5",
+        "module.scheduler_interval=step",
+    ]
+    k1 = _run(tmp_path, fake_mnist, "k1", extra)
+    k4 = _run(tmp_path, fake_mnist, "k4", [*extra, "module.steps_per_batch=4"])
+    assert k1[2]["global_step"] == 13
+    assert k1[2]["lr"] == [pytest.approx(1e-3 * 0.5**6)]
+    _assert_same(k1, k4)
+
+
+class PoisonAt(Callback):
+    """Sets one weight to NaN when the batch holding optimizer step ``step`` starts."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_start(self, trainer: L.Trainer, module: L.LightningModule, b, i) -> None:
+        k = getattr(module, "steps_per_batch", 1)
+        if trainer.global_step <= self.step < trainer.global_step + k:
+            self.module = module
+            real = module.model.set_training_step
+            target = self.step
+
+            def poison(step: int, real=real, target=target) -> None:
+                real(step)
+                if step == target:
+                    with torch.no_grad():
+                        next(module.model.parameters()).view(-1)[0] = float("nan")
+
+            module.model.set_training_step = poison
+
+
+def test_nan_stops_at_the_exact_step_inside_a_block(fake_mnist: Path, tmp_path: Path) -> None:
+    cfg = compose_train(
+        [*BASE, "trainer.max_epochs=2", "module.steps_per_batch=4"], tmp_path, fake_mnist
+    )
+    from vaelab import train as train_mod
+
+    real_build = train_mod.build
+
+    def build_with_poison(c):
+        objs = real_build(c)
+        objs["trainer"].callbacks.append(PoisonAt(step=6))  # the 3rd step of the 2nd block
+        return objs
+
+    train_mod.build = build_with_poison
+    try:
+        with pytest.raises(NonFiniteError, match=r"training loss is nan at global step 6 \("):
+            train(cfg)
+    finally:
+        train_mod.build = real_build
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("trainer.gradient_clip_val=1.0", "cannot clip gradients"),
+        ("+trainer.accumulate_grad_batches=2", "cannot accumulate gradients"),
+        ("+callbacks.model_checkpoint.every_n_train_steps=5", "multiple of 3"),
+    ],
+)
+def test_what_k_blocks_cannot_keep_is_refused(
+    override: str, message: str, fake_mnist: Path, tmp_path: Path
+) -> None:
+    cfg = compose_train(
+        [*BASE, "trainer.max_epochs=1", "module.steps_per_batch=3", override], tmp_path, fake_mnist
+    )
+    with pytest.raises(ValueError, match=rf"module.steps_per_batch=3 {message}|{message}"):
+        train(cfg)
+
+
+def test_reduce_on_plateau_is_refused(fake_mnist: Path, tmp_path: Path) -> None:
+    cfg = compose_train(
+        [
+            *BASE,
+            "module.steps_per_batch=2",
+            "scheduler=null",
+            "+scheduler._target_=torch.optim.lr_scheduler.ReduceLROnPlateau",
+            "+scheduler._partial_=true",
+        ],
+        tmp_path,
+        fake_mnist,
+    )
+    with pytest.raises(ValueError, match="ReduceLROnPlateau"):
+        train(cfg)
+
+
+def test_k_blocks_under_bf16_mixed_precision_equal_k1(fake_mnist: Path, tmp_path: Path) -> None:
+    extra = ["trainer.max_epochs=1", "trainer.precision=bf16-mixed"]
+    _assert_same(
+        _run(tmp_path, fake_mnist, "k1", extra),
+        _run(tmp_path, fake_mnist, "k4", [*extra, "module.steps_per_batch=4"]),
+    )
+
+
+def test_loader_hands_out_the_k1_minibatches_stacked() -> None:
+    from vaelab.data.loader import IndexBatchLoader
+    from vaelab.data.transforms import dynamic_binarize
+
+    data = torch.randint(0, 256, (23, 1, 2, 2), dtype=torch.uint8)
+    one = IndexBatchLoader(data, 3, dynamic_binarize, shuffle=True, drop_last=True, seed=5)
+    four = IndexBatchLoader(
+        data, 3, dynamic_binarize, shuffle=True, drop_last=True, seed=5, steps_per_batch=4
+    )
+    singles = list(one)
+    blocks = list(four)
+    assert len(one) == 7 and len(four) == 2 and [b.shape[0] for b in blocks] == [4, 3]
+    assert torch.equal(torch.cat(blocks), torch.stack(singles))
