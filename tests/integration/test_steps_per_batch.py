@@ -201,3 +201,33 @@ def test_loader_hands_out_the_k1_minibatches_stacked() -> None:
     blocks = list(four)
     assert len(one) == 7 and len(four) == 2 and [b.shape[0] for b in blocks] == [4, 3]
     assert torch.equal(torch.cat(blocks), torch.stack(singles))
+
+
+class TorchRNGInCheckpoint(Callback):
+    """Keeps torch's global RNG state in checkpoints (the reparameterisation noise), so that a
+    resumed run can be compared bit for bit with an uninterrupted one."""
+
+    def on_save_checkpoint(self, trainer, module, checkpoint: dict) -> None:
+        checkpoint["test_torch_rng"] = torch.get_rng_state()
+
+    def on_load_checkpoint(self, trainer, module, checkpoint: dict) -> None:
+        torch.set_rng_state(checkpoint["test_torch_rng"])
+
+
+def test_resume_at_an_epoch_end_with_k_blocks_reproduces_the_uninterrupted_run(
+    fake_mnist: Path, tmp_path: Path
+) -> None:
+    rng = "+callbacks.rng._target_=tests.integration.test_steps_per_batch.TorchRNGInCheckpoint"
+    extra = ["module.steps_per_batch=3", rng]  # 10 steps an epoch: blocks 3, 3, 3, 1
+    whole = _run(tmp_path, fake_mnist, "whole", [*extra, "trainer.max_epochs=2"])
+    _run(tmp_path, fake_mnist, "first", [*extra, "trainer.max_epochs=1"])
+    last = tmp_path / "first" / "run" / "checkpoints" / "last.ckpt"
+    resumed = _run(
+        tmp_path, fake_mnist, "resumed", [*extra, "trainer.max_epochs=2", f"ckpt_path={last}"]
+    )
+    assert resumed[2]["global_step"] == 20
+    sw, rw, _ = whole
+    sr, rr, _ = resumed
+    for k in sw:
+        assert torch.equal(sw[k], sr[k]), k
+    assert [r for r in rw if int(r["step"]) >= 10] == rr  # the second epoch's rows, identical
