@@ -14,7 +14,7 @@ help:
 	@echo "make train  - train the default experiment (VAE, dynamically binarized MNIST); ARGS='k=v ...'"
 	@echo "make test   - run the test suite (slow tests excluded; make test-all for everything)"
 	@echo "make lint   - ruff check + format check"
-	@echo "make bench  - benchmarks/epoch_speed.py (vaelab Trainer vs a bare PyTorch loop)"
+	@echo "make bench  - benchmarks/epoch_speed.py (vaelab vs a hand-written PyTorch loop)"
 	@echo "make install- create $(VENV) and install vaelab with its dev extras"
 
 $(STAMP): pyproject.toml
