@@ -205,6 +205,12 @@ def main() -> None:
         "--max-ratio", type=float, default=None, help="exit 1 if vaelab/hand exceeds this"
     )
     p.add_argument("--json", default=None, help="write the results here")
+    p.add_argument(
+        "--out",
+        default=None,
+        help="run folder of the vaelab arms (default: logs/benchmarks/epoch_speed/<pid>, so that "
+        "concurrent runs do not share a CSV file)",
+    )
     p.add_argument("overrides", nargs="*", help="extra Hydra overrides (every vaelab arm)")
     args = p.parse_args()
 
@@ -215,7 +221,7 @@ def main() -> None:
             p.error(f"--variant wants NAME=OVERRIDE[,OVERRIDE...], got {v!r}")
         variants[name] = ov.split(",")
 
-    out = Path("logs/benchmarks/epoch_speed")
+    out = Path(args.out or f"logs/benchmarks/epoch_speed/{os.getpid()}")
     out.mkdir(parents=True, exist_ok=True)
     data = load_train(args.data_dir, args.train_images)
     device = torch.device(args.device)
