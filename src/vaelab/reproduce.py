@@ -36,6 +36,7 @@ import os
 import shlex
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -158,8 +159,13 @@ def _strs(v: Any) -> tuple[str, ...]:
 
 
 def load_table(name: str) -> Table:
-    """Read and check ``conf/reproduce/<name>.yaml``; an unknown name lists the tables."""
-    path = tables_dir() / f"{name}.yaml"
+    """Read and check ``conf/reproduce/<name>.yaml`` (or a table file given by its path).
+
+    An unknown name lists the tables.
+    """
+    path = Path(name) if name.endswith((".yaml", ".yml")) else tables_dir() / f"{name}.yaml"
+    if name.endswith((".yaml", ".yml")):
+        name = path.stem
     if not name or not path.is_file():
         raise ReproduceError(
             f"unknown table {name!r}; choose one of: {', '.join(table_names())} "
@@ -355,6 +361,7 @@ class RowState:
     last_ckpt: Path | None
     no_data: str | None = None
     differs: list[str] = field(default_factory=list)
+    cfg: DictConfig | None = None  # the row's job config as composed for this sitting
 
     @property
     def status(self) -> str:
@@ -468,9 +475,8 @@ def plan_table(
     for st in states:
         ckpt = None
         if st.no_data:
-            actions[st.row.id] = f"skipped: no data ({st.no_data})"
-            continue
-        if st.finished:
+            action = f"skipped: no data ({st.no_data})"
+        elif st.finished:
             action = "skipped: finished"
         elif st.failed and not st.interrupted and not retry_failed:
             action = "skipped: failed (retry_failed=true runs it again)"
@@ -491,6 +497,7 @@ def plan_table(
                 f"table {table.name}, row {st.row.id!r}: its config does not compose "
                 f"({type(err).__name__}: {err})"
             ) from err
+        st.cfg = cfg
         saved = st.dir / ".hydra" / "config.yaml"
         if saved.is_file():
             ran = OmegaConf.to_container(OmegaConf.load(saved), resolve=False)
@@ -594,6 +601,8 @@ def budget_text(table: Table, budget: Budget, st: RowState) -> str:
     seen = samples_seen(st)
     if table.paper_samples and seen is not None:
         parts.append(f"{seen:.3g} of {table.paper_samples:.3g} samples")
+    if not parts and seen is not None:
+        parts.append(f"{budget.name}, {seen:.3g} training samples seen")
     return "budget: " + (", ".join(parts) if parts else budget.name)
 
 
@@ -665,7 +674,7 @@ def report_lines(table: Table, budget: Budget, states: Sequence[RowState]) -> li
     for st in states:
         m = st.metrics or {}
         prov = read_json(st.dir / "reproduce_row.json") or {"sittings": []}
-        commits = sorted({s.get("git_commit", "?") for s in prov["sittings"]})
+        commits = sorted({s.get("git_commit", "?") for s in prov["sittings"]}) if m else []
         for metric in st.row.metrics:
             ours = _num(m.get(metric)) if st.status == "ok" else None
             se = _num(m.get(f"{metric}_se")) if st.status == "ok" else None
@@ -839,42 +848,50 @@ def run_checks(table: Table, states: Sequence[RowState]) -> list[str]:
 
 # -- curves and plots ----------------------------------------------------------------------------
 def read_curves(st: RowState) -> dict[str, list[tuple[float, float]]]:
-    """``{metric: [(samples seen, value), ...]}`` from the row's CSV log(s), epoch means for train."""
+    """``{metric: [(training samples seen, value), ...]}`` from the row's CSV log.
+
+    Evaluation metrics (``val/*``) are one point per evaluation. Training metrics are logged per
+    minibatch every ``log_every_n_steps``; each training point is the mean of the minibatch values
+    logged since the previous evaluation (or epoch, without evaluations), placed at its end.
+    """
     cfg = run_config(st) or {}
     bs = float((cfg.get("data") or {}).get("batch_size") or 1)
-    rows: list[dict[str, str]] = []
+    raw: dict[str, list[tuple[float, float, float]]] = {}  # key -> (samples, value, epoch)
     for p in sorted(st.dir.glob("csv/**/metrics.csv")):
         with p.open() as f:
-            rows += list(csv.DictReader(f))
-    curves: dict[str, dict[float, list[float]]] = {}
-    for r in rows:
-        step = _num(r.get("step"))
-        if step is None:
-            continue
-        for key, value in r.items():
-            v = _num(value)
-            if v is None or key in ("step", "epoch") or not math.isfinite(v):
-                continue
-            if key.startswith("train/"):
-                ep = _num(r.get("epoch"))
-                # a training curve point per epoch: the mean of its logged batches, at its end
-                curves.setdefault(key, {}).setdefault(ep if ep is not None else step, []).append(
-                    (step + 1) * bs
-                )
-                curves.setdefault(key + "#v", {}).setdefault(
-                    ep if ep is not None else step, []
-                ).append(v)
-            else:
-                curves.setdefault(key, {}).setdefault((step + 1) * bs, []).append(v)
+            for r in csv.DictReader(f):
+                step, epoch = _num(r.get("step")), _num(r.get("epoch"))
+                if step is None:
+                    continue
+                for key, value in r.items():
+                    v = _num(value)
+                    if v is None or key in ("step", "epoch") or not math.isfinite(v):
+                        continue
+                    # a training row is logged before its optimizer step; evaluations after
+                    seen = (step + 1) * bs if key.startswith("train/") else step * bs
+                    raw.setdefault(key, []).append((seen, v, epoch if epoch is not None else 0.0))
     out: dict[str, list[tuple[float, float]]] = {}
-    for key, pts in curves.items():
-        if key.endswith("#v"):
+    for key, pts in raw.items():
+        if not key.startswith("train/"):
+            last = {x: v for x, v, _ in sorted(pts, key=lambda t: t[0])}
+            out[key] = sorted(last.items())
+    edges = [x for x, _ in out.get("val/elbo", [])]
+    for key, pts in raw.items():
+        if not key.startswith("train/"):
             continue
-        if key.startswith("train/"):
-            vals = curves[key + "#v"]
-            out[key] = sorted((max(pts[e]), sum(vals[e]) / len(vals[e])) for e in pts)
+        pts = sorted(pts)
+        if edges:
+            bins: dict[float, list[float]] = {}
+            for x, v, _ in pts:
+                edge = next((e for e in edges if x <= e), None)
+                if edge is not None:
+                    bins.setdefault(edge, []).append(v)
         else:
-            out[key] = sorted((x, v[-1]) for x, v in pts.items())
+            by_epoch: dict[float, list[tuple[float, float]]] = {}
+            for x, v, ep in pts:
+                by_epoch.setdefault(ep, []).append((x, v))
+            bins = {max(x for x, _ in xs): [v for _, v in xs] for xs in by_epoch.values()}
+        out[key] = sorted((x, sum(vs) / len(vs)) for x, vs in bins.items() if vs)
     return out
 
 
@@ -907,7 +924,11 @@ def plot_curves(
     ax.set_xscale("log")
     ax.set_xlabel("training samples seen")
     ax.set_ylabel("lower bound per datapoint (nats)")
-    ax.set_title(f"{table.title}\nbudget {budget.name}: solid train, dashed held-out, dot test")
+    ax.set_title(
+        f"{table.name} (budget {budget.name}): lower bound per datapoint\n"
+        "solid: train, dashed: held-out (10,000 training images), dot: test at the end",
+        fontsize=10,
+    )
     lo = min(min(v for _, v in read_curves(s).get("val/elbo", [(0, 0)])) for s in ok)
     ax.set_ylim(max(lo - 5, -250), None)
     ax.grid(True, which="both", alpha=0.3)
@@ -956,9 +977,14 @@ def plot_rate_distortion(
         ax.annotate(row.label, (r, d), textcoords="offset points", xytext=(5, 5), fontsize=8)
     ax.set_xlim(lo, max(rs) * 1.15 + 5)
     ax.set_ylim(min(ds) * 0.9 - 5, max(ds) * 1.05 + 5)
+    ax.set_aspect("equal", adjustable="datalim")  # -ELBO = R + D lines at 45 degrees
     ax.set_xlabel("rate R = E KL(q(z|x) || p(z))  (nats)")
     ax.set_ylabel("distortion D = -E log p(x|z)  (nats)")
-    ax.set_title(f"{table.title}\nbudget {budget.name}; grey: R + D = const (-ELBO), every 20 nats")
+    ax.set_title(
+        f"{table.name} (budget {budget.name}): test rate vs distortion\n"
+        "grey: R + D = -ELBO = const, every 20 nats",
+        fontsize=10,
+    )
     ax.legend(loc="upper right", fontsize=8)
     ax.grid(False)
     fig.tight_layout()
@@ -985,20 +1011,19 @@ def build_report(
     report_dir = Path(report_dir or out_dir)
     report_dir.mkdir(parents=True, exist_ok=True)
     states = [row_state(out_dir / "runs", r, data_dir) for r in (rows or table.rows)]
-    conf_dir = out_dir / "conf"
-    for st in states:  # flag finished rows whose config no longer matches the table's
-        saved = st.dir / ".hydra" / "config.yaml"
-        if saved.is_file() and (conf_dir / ROW_GROUP / f"{st.row.id}.yaml").is_file():
-            try:
-                want = OmegaConf.to_container(
-                    compose_row(conf_dir.resolve(), st.row, ()), resolve=False
-                )
-                ran = OmegaConf.to_container(OmegaConf.load(saved), resolve=False)
-                st.differs = config_differences(
-                    _drop(ran, RUN_ONLY_KEYS), _drop(want, RUN_ONLY_KEYS)
-                )
-            except Exception:
-                pass
+    with tempfile.TemporaryDirectory() as tmp:  # flag runs whose config is no longer the table's
+        conf_dir = Path(tmp).resolve()
+        (conf_dir / ROW_GROUP).mkdir()
+        for st in states:
+            saved = st.dir / ".hydra" / "config.yaml"
+            if not saved.is_file():
+                continue
+            (conf_dir / ROW_GROUP / f"{st.row.id}.yaml").write_text(
+                row_config(table, budget, st.row, None)
+            )
+            want = OmegaConf.to_container(compose_row(conf_dir, st.row, ()), resolve=False)
+            ran = OmegaConf.to_container(OmegaConf.load(saved), resolve=False)
+            st.differs = config_differences(_drop(ran, RUN_ONLY_KEYS), _drop(want, RUN_ONLY_KEYS))
     lines = report_lines(table, budget, states)
     write_csv(report_dir / "report.csv", lines, table.also)
     ledger = read_json(ledger_path(out_dir)) or {"sittings": []}
@@ -1018,7 +1043,8 @@ def build_report(
         p = plot_rate_distortion(table, states, report_dir / f"{table.name}.png", budget)
         pngs += [p] if p else []
     checks = run_checks(table, states)
-    cmd = command or f"vaelab-reproduce table={table.name} budget={budget.name}"
+    ran = [s["command"] for s in sittings if s.get("launched") and s.get("command")]
+    cmd = "`; `".join(dict.fromkeys(ran)) if ran else (command or "")
     md = [
         f"# {table.title}",
         "",
@@ -1052,6 +1078,23 @@ def build_report(
         md += ["", f"![{table.name}]({p.name})"]
     text = "\n".join(md) + "\n"
     (report_dir / "report.md").write_text(text)
+    meta = {
+        "table": table.name,
+        "title": table.title,
+        "source": table.source,
+        "budget": budget.name,
+        "paper_budget": budget.paper,
+        "about": budget.about,
+        "eval": budget.eval,
+        "commands": list(dict.fromkeys(ran)),
+        "written": _now(),
+        "wall_seconds": total,
+        "commits": commits,
+        "versions": prov,
+        "checks": checks,
+        "plots": [p.name for p in pngs],
+    }
+    (report_dir / "report.json").write_text(json.dumps(meta, indent=2) + "\n")
     return text, lines
 
 
@@ -1075,41 +1118,51 @@ def readme_section(reports_root: Path) -> str:
     parts = [
         README_START,
         "",
-        "Generated from the committed reports under `reports/` by `vaelab-reproduce "
-        "readme=README.md`; each table links its full report (plots, provenance).",
+        "Every figure below is read from a committed report under `reports/<table>/<budget>/` "
+        "(report.md, report.csv, report.json, plots), written by `vaelab-reproduce` from the runs' "
+        "`metrics.json`; this section is generated by `vaelab-reproduce readme=README.md`. "
+        "Published values are for the papers' full protocols; at a truncated budget "
+        '"reproduced?" says how far the run got instead.',
     ]
-    for md in sorted(reports_root.glob("*/*/report.md")):
-        table, budget = md.parent.parent.name, md.parent.name
-        text = md.read_text().splitlines()
-        meta = {
-            ln.split(":", 1)[0][2:]: ln.split(":", 1)[1].strip()
-            for ln in text
-            if ln[:2] == "- " and ":" in ln
-        }
+    for meta_path in sorted(reports_root.glob("*/*/report.json")):
+        meta = json.loads(meta_path.read_text())
+        folder = meta_path.parent
         rows = []
-        with (md.parent / "report.csv").open() as f:
+        with (folder / "report.csv").open() as f:
             for r in csv.DictReader(f):
                 d = digits_for(r["metric"])
                 ours = "—" if not r["ours"] else fmt(float(r["ours"]), d)
-                if r["ours"] and r["se"]:
-                    ours += f" ± {fmt(float(r['se']), d)}"
+                if r["ours"]:
+                    ours += f" ± {fmt(float(r['se']), d)}" if r["se"] else " (s.e. missing)"
                 pub = "—" if not r["published"] else fmt(float(r["published"]), d)
+                run = "—"
+                if r["epochs"]:
+                    run = f"{r['epochs']} ep, {wall(r['seconds'])}, {r['threads'] or '?'} thr"
                 rows.append(
                     f"| {r['label']} | `{r['metric']}` | {pub} | {ours} | {r['reproduced']} | "
-                    f"{r['status']} |"
+                    f"{r['status']} | {run} |"
                 )
-        title = text[0].lstrip("# ").strip() if text else table
+        commands = "; ".join(f"`{c}`" for c in meta.get("commands", [])) or "—"
         parts += [
             "",
-            f"**{title}** ([report]({md.as_posix()})): `{meta.get('Command', '').strip('`')}`, "
-            f"{meta.get('Budget', budget)}; {meta.get('Report written', '').split(';')[0]}",
+            f"### {meta['title']}",
             "",
-            "| row | metric | published | ours ± s.e. | reproduced? | status |",
-            "|---|---|---|---|---|---|",
+            f"Budget **{meta['budget']}**"
+            + (f": {meta['about']}" if meta.get("about") else "")
+            + (f" Evaluation: {meta['eval']}" if meta.get("eval") else ""),
+            "",
+            f"Command: {commands}. Report of {meta['written']}, table wall time "
+            f"{wall(meta.get('wall_seconds'))}, code {', '.join(meta.get('commits', [])) or '—'}. "
+            f"[Full report]({(folder / 'report.md').as_posix()}).",
+            "",
+            "| row | metric | published | ours ± s.e. | reproduced? | status | run |",
+            "|---|---|---|---|---|---|---|",
             *rows,
         ]
-        for png in sorted(md.parent.glob("*.png")):
-            parts += ["", f"![{table}]({png.as_posix()})"]
+        if meta.get("checks"):
+            parts += ["", *meta["checks"]]
+        for png in meta.get("plots", []):
+            parts += ["", f"![{meta['table']}]({(folder / png).as_posix()})"]
     parts += ["", README_END]
     return "\n".join(parts)
 
@@ -1184,7 +1237,8 @@ def reproduce(argv: Sequence[str]) -> int:
     rows = table.select(list(cfg.rows) if cfg.get("rows") else None)
     out_dir = Path(cfg.out_dir)
     data_dir = _data_dir(passthrough)
-    command = shlex.join(["vaelab-reproduce", *argv])
+    env = [f"{k}={os.environ[k]}" for k in ("OMP_NUM_THREADS",) if k in os.environ]
+    command = " ".join([*env, shlex.join(["vaelab-reproduce", *argv])])
     t0 = time.time()
     launched = False
     rc = 0
