@@ -1028,7 +1028,7 @@ def build_report(
     write_csv(report_dir / "report.csv", lines, table.also)
     ledger = read_json(ledger_path(out_dir)) or {"sittings": []}
     sittings = ledger.get("sittings", [])
-    total = sum(_num(s.get("seconds")) or 0.0 for s in sittings if s.get("launched"))
+    total = busy_seconds([s for s in sittings if s.get("launched")])
     commits = sorted({ln.commit for ln in lines if ln.commit != "—"})
     prov = {}
     for st in states:
@@ -1096,6 +1096,24 @@ def build_report(
     }
     (report_dir / "report.json").write_text(json.dumps(meta, indent=2) + "\n")
     return text, lines
+
+
+def busy_seconds(sittings: Sequence[Mapping[str, Any]]) -> float:
+    """Wall time during which at least one sitting ran (overlapping sittings count once)."""
+    spans = []
+    for s in sittings:
+        try:
+            a = dt.datetime.strptime(s["started"], "%Y-%m-%d %H:%M:%S UTC").timestamp()
+            b = dt.datetime.strptime(s["finished"], "%Y-%m-%d %H:%M:%S UTC").timestamp()
+        except (KeyError, ValueError):
+            continue
+        spans.append((a, b))
+    total, end = 0.0, -math.inf
+    for a, b in sorted(spans):
+        if b > end:
+            total += b - max(a, end)
+            end = b
+    return total
 
 
 def record_sitting(out_dir: Path, entry: dict[str, Any]) -> None:
@@ -1250,7 +1268,7 @@ def reproduce(argv: Sequence[str]) -> int:
             print(f"vaelab-reproduce: {table.name}/{budget.name} row {rid}: {action}", flush=True)
         if cfg.dry_run:
             return 0
-        started = _now()
+        started, commit = _now(), git_commit()
         if plan.to_run:
             launched = True
             try:
@@ -1265,7 +1283,7 @@ def reproduce(argv: Sequence[str]) -> int:
                         "launched": launched,
                         "command": command,
                         "actions": plan.actions,
-                        "git_commit": git_commit(),
+                        "git_commit": commit,
                         "exit_status": rc,
                     },
                 )
