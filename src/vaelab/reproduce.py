@@ -36,7 +36,6 @@ import os
 import shlex
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -44,7 +43,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from vaelab.config import config_dir
 
@@ -349,6 +348,46 @@ def config_differences(a: Mapping[str, Any], b: Mapping[str, Any], prefix: str =
             diffs += config_differences(va, vb, key + ".")
         elif va != vb:
             diffs.append(f"{key}: run has {va!r}, table has {vb!r}")
+    return diffs
+
+
+def table_differences(table: Table, budget: Budget, st: RowState) -> list[str]:
+    """What the table asks of a row (experiment, budget and row overrides) that its run lacks.
+
+    The report checks these only: a run made before a framework default changed still has what
+    the table asked for. Resuming compares the whole config (``plan_table``).
+    """
+    saved = st.dir / ".hydra" / "config.yaml"
+    hydra_saved = st.dir / ".hydra" / "hydra.yaml"
+    if not saved.is_file():
+        return []
+    ran = OmegaConf.load(saved)
+    choices = {}
+    if hydra_saved.is_file():
+        choices = OmegaConf.to_container(
+            OmegaConf.load(hydra_saved).hydra.runtime.choices, resolve=False
+        )
+    diffs = []
+    if st.row.experiment and choices.get("experiment") != st.row.experiment:
+        diffs.append(
+            f"experiment: run has {choices.get('experiment')!r}, table has {st.row.experiment!r}"
+        )
+    groups = _groups(Path(config_dir()))
+    for ov in (*budget.overrides, *st.row.overrides_for(budget.name)):
+        key, value = ov.split("=", 1)
+        key = key.lstrip("+")
+        if "." not in key and key in groups:
+            if choices.get(key) != value:
+                diffs.append(f"{key}: run has {choices.get(key)!r}, table has {value!r}")
+            continue
+        want = OmegaConf.select(OmegaConf.from_dotlist([f"{key}={value}"]), key)
+        have = OmegaConf.select(ran, key, default="<absent>", throw_on_missing=False)
+        if isinstance(have, DictConfig | ListConfig):
+            have = OmegaConf.to_container(have, resolve=False)
+        if isinstance(want, DictConfig | ListConfig):
+            want = OmegaConf.to_container(want, resolve=False)
+        if have != want:
+            diffs.append(f"{key}: run has {have!r}, table has {want!r}")
     return diffs
 
 
@@ -904,12 +943,12 @@ def plot_curves(
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    cmap = plt.get_cmap("viridis")
+    cmap = plt.get_cmap("tab10")
     drawn = 0
     ok = [s for s in states if s.status == "ok" or s.last_ckpt is not None]
     for i, st in enumerate(ok):
         c = read_curves(st)
-        color = cmap(i / max(1, len(ok) - 1))
+        color = cmap(i % 10)
         for key, style, name in (("train/elbo", "-", "train"), ("val/elbo", "--", "held-out")):
             pts = c.get(key, [])
             if pts:
@@ -929,8 +968,8 @@ def plot_curves(
         "solid: train, dashed: held-out (10,000 training images), dot: test at the end",
         fontsize=10,
     )
-    lo = min(min(v for _, v in read_curves(s).get("val/elbo", [(0, 0)])) for s in ok)
-    ax.set_ylim(max(lo - 5, -250), None)
+    values = [v for s in ok for k, c in read_curves(s).items() if k.endswith("/elbo") for _, v in c]
+    ax.set_ylim(max(min(values) - 5, -260), max(values) + 5)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
@@ -1011,19 +1050,8 @@ def build_report(
     report_dir = Path(report_dir or out_dir)
     report_dir.mkdir(parents=True, exist_ok=True)
     states = [row_state(out_dir / "runs", r, data_dir) for r in (rows or table.rows)]
-    with tempfile.TemporaryDirectory() as tmp:  # flag runs whose config is no longer the table's
-        conf_dir = Path(tmp).resolve()
-        (conf_dir / ROW_GROUP).mkdir()
-        for st in states:
-            saved = st.dir / ".hydra" / "config.yaml"
-            if not saved.is_file():
-                continue
-            (conf_dir / ROW_GROUP / f"{st.row.id}.yaml").write_text(
-                row_config(table, budget, st.row, None)
-            )
-            want = OmegaConf.to_container(compose_row(conf_dir, st.row, ()), resolve=False)
-            ran = OmegaConf.to_container(OmegaConf.load(saved), resolve=False)
-            st.differs = config_differences(_drop(ran, RUN_ONLY_KEYS), _drop(want, RUN_ONLY_KEYS))
+    for st in states:  # flag runs that do not have what the table asks of their row
+        st.differs = table_differences(table, budget, st)
     lines = report_lines(table, budget, states)
     write_csv(report_dir / "report.csv", lines, table.also)
     ledger = read_json(ledger_path(out_dir)) or {"sittings": []}

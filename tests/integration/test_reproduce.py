@@ -285,6 +285,22 @@ def test_changed_row_is_refused_before_anything_runs(small_run, fake_mnist: Path
     assert "row bad" not in refused
     assert (out / "runs" / "good" / "metrics.json").read_bytes() == good
     assert len(json.loads((out / "reproduce.json").read_text())["sittings"]) == sittings
+    # the report against the changed table flags the row instead of judging it
+    rep = tmp / "changed_report"
+    run_reproduce(
+        [
+            f"table={changed}",
+            "budget=paperlike",
+            f"out_dir={out}",
+            "report_only=true",
+            f"report_dir={rep}",
+        ],
+        tmp,
+        fake_mnist,
+    )
+    line = next(ln for ln in read_csv(rep / "report.csv") if ln["row"] == "good")
+    assert line["status"] == "ok (config differs)"
+    assert line["reproduced"] == "no: config differs from the table"
     # a pass-through override that changes what the rows compute is refused too
     proc = run_reproduce([*args, "optimizer.lr=0.5"], tmp, fake_mnist, check=False)
     assert proc.returncode == 2 and "optimizer.lr" in proc.stderr
