@@ -1193,10 +1193,9 @@ def readme_section(reports_root: Path) -> str:
             "",
             f"### {meta['title']}",
             "",
-            f"Budget **{meta['budget']}**"
-            + (f": {meta['about']}" if meta.get("about") else "")
-            + (f" Evaluation: {meta['eval']}" if meta.get("eval") else ""),
+            f"Budget **{meta['budget']}**" + (f": {meta['about']}." if meta.get("about") else "."),
             "",
+            *([f"Evaluation: {meta['eval']}.", ""] if meta.get("eval") else []),
             f"Command: {commands}. Report of {meta['written']}, table wall time "
             f"{wall(meta.get('wall_seconds'))}, code {', '.join(meta.get('commits', [])) or '—'}. "
             f"[Full report]({(folder / 'report.md').as_posix()}).",
