@@ -1057,7 +1057,7 @@ def build_report(
     ledger = read_json(ledger_path(out_dir)) or {"sittings": []}
     sittings = ledger.get("sittings", [])
     total = busy_seconds([s for s in sittings if s.get("launched")])
-    commits = sorted({ln.commit for ln in lines if ln.commit != "—"})
+    commits = sorted({c for ln in lines if ln.commit != "—" for c in ln.commit.split(", ")})
     prov = {}
     for st in states:
         p = read_json(st.dir / "reproduce_row.json")
