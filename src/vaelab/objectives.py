@@ -61,6 +61,8 @@ class ELBOObjective(nn.Module):
     ``C_t`` rises linearly from 0 to ``capacity_max`` nats over ``capacity_steps``. With ``beta = 1``
     and no warm-up or capacity this is exactly the negative ELBO. ``iwae_samples > 1`` asks the
     model for the importance-weighted bound L_k instead (then beta must be 1 and no capacity is set).
+    ``elbo_samples = k > 1`` keeps the ELBO but estimates it with the mean over k samples of
+    ``log p(x, z_i) - log q(z_i|x)`` (Burda et al.'s "VAE, k samples" column; not importance-weighted).
 
     References:
         Higgins et al. (2017), beta-VAE. Burgess et al. (2018), Understanding disentangling in beta-VAE.
@@ -75,6 +77,7 @@ class ELBOObjective(nn.Module):
         capacity_gamma: float = 1000.0,
         capacity_steps: int = 100_000,
         iwae_samples: int = 1,
+        elbo_samples: int = 1,
     ) -> None:
         super().__init__()
         if beta < 0:
@@ -88,12 +91,20 @@ class ELBOObjective(nn.Module):
                 "iwae_samples > 1 trains the importance-weighted bound, which has no beta, warm-up "
                 "or capacity; set beta=1, warmup_steps=0 and capacity_max=null, or iwae_samples=1"
             )
+        if elbo_samples < 1:
+            raise ValueError(f"elbo_samples must be >= 1, got {elbo_samples}")
+        if elbo_samples > 1 and iwae_samples > 1:
+            raise ValueError(
+                "elbo_samples > 1 (ELBO averaged over k samples, the 'VAE, k samples' column) and "
+                "iwae_samples > 1 (the importance-weighted bound) exclude each other; set one to 1"
+            )
         self.beta = float(beta)
         self.warmup_steps = int(warmup_steps)
         self.capacity_max = None if capacity_max is None else float(capacity_max)
         self.capacity_gamma = float(capacity_gamma)
         self.capacity_steps = int(capacity_steps)
         self.iwae_samples = int(iwae_samples)
+        self.elbo_samples = int(elbo_samples)
         self.step = 0
 
     @property
@@ -123,5 +134,5 @@ class ELBOObjective(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"beta={self.beta}, warmup_steps={self.warmup_steps}, capacity_max={self.capacity_max}, "
-            f"iwae_samples={self.iwae_samples}"
+            f"iwae_samples={self.iwae_samples}, elbo_samples={self.elbo_samples}"
         )

@@ -16,6 +16,7 @@ from typing import Any
 
 import hydra
 import lightning as L
+import torch
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.utilities import rank_zero_only
@@ -213,6 +214,9 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
                     best_checkpoint=fit_ckpts.get("best") or now["best"] or None,
                     last_checkpoint=fit_ckpts.get("last") or now["last"] or None,
                     output_dir=str(out_dir),
+                    # where it ran and on how many CPU threads
+                    device=str(objects["module"].device) if objects.get("module") else None,
+                    threads=torch.get_num_threads(),
                 )
             except Exception as err:  # never hide the run's own error behind this one
                 if status == "ok":

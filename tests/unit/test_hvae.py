@@ -398,3 +398,50 @@ def test_bad_likelihood_refused() -> None:
         HierarchicalVAE(SHAPE, TWO_LAYERS, likelihood="poisson")
     with pytest.raises(TypeError, match="likelihood must be a name"):
         HierarchicalVAE(SHAPE, TWO_LAYERS, likelihood=3)
+
+
+# -- "VAE, k samples" (Burda et al. 2015, Table 1): the ELBO averaged over k draws ---------------
+def test_elbo_samples_is_the_mean_of_k_single_sample_elbos() -> None:
+    """elbo_samples=k: distortion is the mean over k draws, the loss is not importance-weighted."""
+    hvae, vae = vae_pair(elbo_samples=5)
+    x = binary_batch(6)
+    torch.manual_seed(5)
+    tv = vae(x)
+    torch.manual_seed(5)
+    qz = vae.encoder(x)
+    z = qz.rsample((5,))  # the same 5 draws the model made
+    log_px = vae.decoder(z).log_prob(x)  # (5, B)
+    kl = torch.distributions.kl_divergence(qz, vae.prior(qz.batch_shape))  # (B,)
+    torch.testing.assert_close(tv.terms["distortion"], -log_px.mean(0))
+    torch.testing.assert_close(tv.loss, (-log_px.mean(0) + kl).mean())
+    iw = torch.logsumexp(log_px - kl, 0) - math.log(5)  # what IWAE (analytic-KL form) would give
+    assert not torch.allclose(tv.loss, -iw.mean())
+    assert set(tv.terms) == {"distortion", "rate"}
+    torch.manual_seed(5)
+    th = hvae(x)  # T = 1 is the VAE here too
+    torch.testing.assert_close(th.loss, tv.loss)
+    torch.testing.assert_close(th.terms["rate/z1"], tv.terms["rate"])
+
+
+def test_elbo_samples_lowers_the_variance_of_the_two_layer_loss() -> None:
+    torch.manual_seed(0)
+    x = binary_batch(8)
+    losses = {}
+    for k in (1, 10):
+        model = HierarchicalVAE(SHAPE, TWO_LAYERS, objective=ELBOObjective(elbo_samples=k))
+        torch.manual_seed(0)
+        ref = HierarchicalVAE(SHAPE, TWO_LAYERS)
+        model.load_state_dict(ref.state_dict())
+        with torch.no_grad():
+            losses[k] = torch.stack([model(x).loss for _ in range(200)])
+    # the same expectation (the ELBO) ...
+    assert abs(losses[1].mean() - losses[10].mean()) < 4 * losses[1].std() / math.sqrt(200)
+    # ... with about 1/k of the variance
+    assert losses[10].var() < 0.3 * losses[1].var()
+
+
+def test_elbo_samples_and_iwae_samples_exclude_each_other() -> None:
+    with pytest.raises(ValueError, match="exclude each other"):
+        ELBOObjective(elbo_samples=5, iwae_samples=5)
+    with pytest.raises(ValueError, match="elbo_samples must be >= 1"):
+        ELBOObjective(elbo_samples=0)

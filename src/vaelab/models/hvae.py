@@ -241,9 +241,13 @@ class HierarchicalVAE(LatentVariableModel):
         self._check_values(x)
         k = self.objective.iwae_samples
         if k == 1:
-            qs, zs = self._infer(x)  # each z_t (B, d_t)
-            distortion = -self.decoder(zs[0]).log_prob(x)  # (B,)
-            rates = self._layer_rates(qs, zs, analytic_top=True)  # each (B,)
+            s = self.objective.elbo_samples  # > 1: the ELBO averaged over s chains (not IW)
+            qs, zs = self._infer(x, () if s == 1 else (s,))  # each z_t (B, d_t) or (s, B, d_t)
+            distortion = -self.decoder(zs[0]).log_prob(x)  # (B,) or (s, B)
+            rates = self._layer_rates(qs, zs, analytic_top=True)  # each (B,) or (s, B)
+            if s > 1:
+                distortion = distortion.mean(0)
+                rates = {n: r.expand(s, x.shape[0]).mean(0) for n, r in rates.items()}
             rate = torch.stack(list(rates.values())).sum(0)
             loss = self.objective(distortion, rate)
             return Terms(

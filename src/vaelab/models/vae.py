@@ -85,9 +85,12 @@ class VAE(LatentVariableModel):
         qz = self.encoder(x)  # batch (B,), event (D_z,)
         k = self.objective.iwae_samples
         if k == 1:
-            z = qz.rsample()  # (B, D_z)
-            distortion = -self.decoder(z).log_prob(x)  # (B,)
-            rate = kl_or_estimate(qz, self.prior(qz.batch_shape), z)  # (B,)
+            s = self.objective.elbo_samples  # > 1: the ELBO averaged over s samples (not IW)
+            z = qz.rsample() if s == 1 else qz.rsample((s,))  # (B, D_z) or (s, B, D_z)
+            distortion = -self.decoder(z).log_prob(x)  # (B,) or (s, B)
+            rate = kl_or_estimate(qz, self.prior(qz.batch_shape), z)  # (B,) or (s, B)
+            if s > 1:
+                distortion, rate = distortion.mean(0), rate.expand_as(distortion).mean(0)
             loss = self.objective(distortion, rate)
             return Terms(
                 loss=loss, elbo=-(distortion + rate), terms={"distortion": distortion, "rate": rate}

@@ -1,0 +1,353 @@
+"""``vaelab-reproduce`` end to end on a fake MNIST: every table at budget=smoke, resume after a kill,
+refusal of a changed row, failed rows, and the honesty of the "reproduced?" cell."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.helpers.workflow import cli_env
+from vaelab import reproduce as rp
+
+BIN = Path(sys.executable).parent
+CPU = ("trainer.accelerator=cpu", "data.download=false")
+
+
+def run_reproduce(
+    args: list[str], tmp_path: Path, data: Path, check: bool = True, timeout: float = 600
+) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(
+        [str(BIN / "vaelab-reproduce"), *args, f"paths.data_dir={data}", *CPU],
+        env=cli_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(
+            f"exit {proc.returncode}\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
+        )
+    return proc
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with path.open() as f:
+        return list(csv.DictReader(f))
+
+
+def assert_cells_equal_metrics(out: Path, table: rp.Table) -> list[dict[str, str]]:
+    """Every report cell that carries a number is the run's metrics.json value, as written there."""
+    lines = read_csv(out / "report.csv")
+    md = (out / "report.md").read_text()
+    assert len(lines) == sum(len(r.metrics) for r in table.rows)
+    for line in lines:
+        if line["status"] == "no data":
+            continue
+        m = json.loads((out / "runs" / line["row"] / "metrics.json").read_text())
+        assert line["status"] == m["status"] == "ok", line
+        assert float(line["ours"]) == m[line["metric"]]
+        assert int(line["epochs"]) == m["epochs"]
+        assert int(line["steps"]) == m["global_step"]
+        assert float(line["seconds"]) == m["seconds"]
+        assert line["device"] == m["device"] == "cpu"
+        for extra in table.also:
+            if extra in m:
+                assert float(line[extra]) == m[extra]
+        se = m.get(f"{line['metric']}_se")
+        assert (line["se"] == "") == (se is None)
+        # the Markdown shows the same value, rounded for reading
+        d = rp.digits_for(line["metric"])
+        cell = f"{m[line['metric']]:.{d}f} ± " + (
+            f"{se:.{d}f}" if se is not None else "(s.e. missing)"
+        )
+        assert cell in md, cell
+        # smoke is not the paper's budget: never "reproduced"
+        assert line["reproduced"].startswith("budget:"), line
+    return lines
+
+
+@pytest.mark.parametrize("name", ["iwae_table1", "aevb_fig2", "beta_rd", "realnvp"])
+def test_every_table_at_smoke_budget(name: str, tmp_path: Path, fake_mnist: Path) -> None:
+    """Smoke test of each table end to end, plus report cells == metrics.json (can fail)."""
+    table = rp.load_table(name)
+    out = tmp_path / name
+    proc = run_reproduce([f"table={name}", "budget=smoke", f"out_dir={out}"], tmp_path, fake_mnist)
+    assert "| row | metric | published | ours ± s.e." in proc.stdout  # the report is printed
+    if name == "realnvp":  # no CIFAR-10 in the fake data root: reported, not run
+        cifar = next(ln for ln in read_csv(out / "report.csv") if ln["row"] == "cifar10")
+        assert cifar["status"] == "no data" and cifar["ours"] == "" and cifar["reproduced"] == "—"
+        assert not (out / "runs" / "cifar10" / "metrics.json").exists()
+    assert_cells_equal_metrics(out, table)
+    if table.kind in ("curves", "rate_distortion"):
+        png = out / f"{name}.png"
+        assert png.is_file() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    ledger = json.loads((out / "reproduce.json").read_text())
+    assert [s["exit_status"] for s in ledger["sittings"]] == [0]
+    if name == "beta_rd":  # README results come from the committed reports, not typed
+        reports = tmp_path / "reports" / name / "smoke"
+        reports.mkdir(parents=True)
+        for f in ("report.md", "report.csv", "report.json", f"{name}.png"):
+            (reports / f).write_bytes((out / f).read_bytes())
+        readme = tmp_path / "README.md"
+        readme.write_text(f"# x\n\n{rp.README_START}\nold typed results\n{rp.README_END}\ntail\n")
+        rp.write_readme(readme, tmp_path / "reports")
+        text = readme.read_text()
+        assert "old typed results" not in text and text.endswith("tail\n")
+        assert "vaelab-reproduce table=beta_rd budget=smoke" in text
+        for line in read_csv(out / "report.csv"):
+            assert (
+                f"| {line['label']} | `{line['metric']}` | — | {float(line['ours']):.2f} " in text
+            )
+        assert (
+            f"![beta_rd]({(tmp_path / 'reports' / name / 'smoke' / 'beta_rd.png').as_posix()})"
+            in text
+        )
+
+
+# -- a small table written by the test --------------------------------------------------------------
+SMOKE = [
+    "+trainer.limit_train_batches=2",
+    "+trainer.limit_val_batches=1",
+    "+trainer.limit_test_batches=1",
+    "+trainer.num_sanity_val_steps=0",
+    "+trainer.enable_progress_bar=false",
+    "data.batch_size=20",
+    "data.eval_batch_size=50",
+    "data.val_size=50",
+    "eval.num_samples=2",
+    "eval.val_num_samples=1",
+    "callbacks.images.every_n_epochs=1000",
+]
+
+
+def write_table(path: Path, rows: list[dict], paper_epochs: int | None = None, **budget) -> Path:
+    import yaml
+
+    doc = {
+        "name": path.stem,
+        "title": "test table",
+        "source": "a test",
+        "metric": "test/nll",
+        "tolerance": 1000.0,
+        "budgets": {
+            "smoke": {"paper": False, "overrides": SMOKE},
+            "paperlike": {"paper": True, "overrides": SMOKE},
+        },
+        "rows": rows,
+    }
+    if paper_epochs:
+        doc["paper_epochs"] = paper_epochs
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+def vae_row(rid: str, epochs: int, *extra: str, published: float | None = 100.0) -> dict:
+    return {
+        "id": rid,
+        "experiment": "beta_rd",
+        "overrides": [f"trainer.max_epochs={epochs}", *extra],
+        "published": published,
+    }
+
+
+def test_kill_midway_then_rerun_completes_without_rerunning_finished_rows(
+    tmp_path: Path, fake_mnist: Path
+) -> None:
+    table = write_table(
+        tmp_path / "killme.yaml", [vae_row("first", 1), vae_row("second", 12), vae_row("third", 1)]
+    )
+    out = tmp_path / "out"
+    args = [f"table={table}", "budget=smoke", f"out_dir={out}"]
+    proc = subprocess.Popen(
+        [str(BIN / "vaelab-reproduce"), *args, f"paths.data_dir={fake_mnist}", *CPU],
+        env=cli_env(tmp_path),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    second_ckpt = out / "runs" / "second" / "checkpoints" / "last.ckpt"
+    deadline = time.time() + 300
+    try:
+        while not ((out / "runs" / "first" / "metrics.json").is_file() and second_ckpt.is_file()):
+            assert proc.poll() is None, "the table finished before it could be killed"
+            assert time.time() < deadline, "timed out waiting for the second row to checkpoint"
+            time.sleep(0.05)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # preemption: no clean shutdown, no metrics.json
+        proc.wait()
+    first = out / "runs" / "first" / "metrics.json"
+    first_bytes, first_mtime = first.read_bytes(), first.stat().st_mtime_ns
+    assert json.loads(first_bytes)["status"] == "ok"
+    assert not (out / "runs" / "second" / "metrics.json").exists()
+    assert not (out / "runs" / "third" / "metrics.json").exists()
+
+    rerun = run_reproduce(args, tmp_path, fake_mnist)
+    assert "row first: skipped: finished" in rerun.stdout
+    assert f"row second: resume from {second_ckpt.resolve()}" in rerun.stdout
+    assert "row third: start" in rerun.stdout
+    assert "Restoring states from the checkpoint" in rerun.stdout + rerun.stderr
+    # the finished row was not run again
+    assert first.read_bytes() == first_bytes and first.stat().st_mtime_ns == first_mtime
+    second = json.loads((out / "runs" / "second" / "metrics.json").read_text())
+    assert second["status"] == "ok" and second["epochs"] == 12 and second["global_step"] == 24
+    sittings = json.loads((out / "runs" / "second" / "reproduce_row.json").read_text())["sittings"]
+    assert [s["action"].split(" ")[0] for s in sittings] == ["start", "resume"]
+    assert (
+        len(json.loads((out / "runs" / "first" / "reproduce_row.json").read_text())["sittings"])
+        == 1
+    )
+    rows = {ln["row"]: ln for ln in read_csv(out / "report.csv")}
+    assert {r["status"] for r in rows.values()} == {"ok"}
+    # a third sitting has nothing to run
+    again = run_reproduce([*args, "dry_run=true"], tmp_path, fake_mnist)
+    assert again.stdout.count("skipped: finished") == 3
+
+
+GOOD = vae_row("good", 1)
+# SGD with lr 1e30: the loss or the weights overflow within the first steps
+BAD = vae_row("bad", 1, "optimizer._target_=torch.optim.SGD", "optimizer.lr=1e30")
+
+
+@pytest.fixture(scope="module")
+def small_run(tmp_path_factory: pytest.TempPathFactory, fake_mnist: Path):
+    """One sitting of a two-row table at a budget marked as the paper's (paper_epochs=1)."""
+    tmp = tmp_path_factory.mktemp("small_table")
+    path = write_table(tmp / "small.yaml", [GOOD, BAD], paper_epochs=1)
+    out = tmp / "out"
+    args = [f"table={path}", "budget=paperlike", f"out_dir={out}"]
+    proc = run_reproduce(args, tmp, fake_mnist, check=False)
+    return tmp, path, out, args, proc
+
+
+def test_failed_row_stays_in_the_report_with_its_status(small_run, fake_mnist: Path) -> None:
+    tmp, _, out, args, proc = small_run
+    assert proc.returncode != 0  # the multirun reports the failed job
+    rows = {ln["row"]: ln for ln in read_csv(out / "report.csv")}
+    assert rows["good"]["status"] == "ok"
+    bad = json.loads((out / "runs" / "bad" / "metrics.json").read_text())
+    assert bad["status"].startswith("failed")
+    assert rows["bad"]["status"] == bad["status"]
+    assert rows["bad"]["ours"] == "" and rows["bad"]["reproduced"] == "—"
+    assert bad["status"].split(":")[0] in (out / "report.md").read_text()
+    again = run_reproduce([*args, "dry_run=true"], tmp, fake_mnist)
+    assert "row bad: skipped: failed" in again.stdout
+    assert "row good: skipped: finished" in again.stdout
+    # report-only rebuilds the same report from the runs, running nothing
+    before = (out / "report.csv").read_text()
+    (out / "report.csv").unlink()
+    run_reproduce([*args, "report_only=true"], tmp, fake_mnist)
+    assert (out / "report.csv").read_text() == before
+    assert len(json.loads((out / "reproduce.json").read_text())["sittings"]) == 1
+
+
+def test_reproduced_only_at_the_papers_budget(small_run, fake_mnist: Path) -> None:
+    """paper: true and the paper's epochs reached -> yes/no by tolerance; anything less -> budget."""
+    _, path, out, _, _ = small_run
+    table = rp.load_table(str(path))
+    budget = table.budget("paperlike")
+    st = rp.row_state(out / "runs", table.rows[0], str(fake_mnist))
+    ours = st.metrics["test/nll"]
+    line = next(ln for ln in read_csv(out / "report.csv") if ln["row"] == "good")
+    assert line["reproduced"] == "yes"  # |ours - 100| <= 1000
+    assert rp.reproduced_cell(table, budget, st, "test/nll", ours) == "yes"
+    st.row = rp.Row(**{**table.rows[0].__dict__, "tolerance": 0.0})
+    assert rp.reproduced_cell(table, budget, st, "test/nll", ours) == "no"
+    # the same run judged against a longer paper schedule, or at a budget that is not the paper's
+    longer = rp.Table(**{**table.__dict__, "paper_epochs": 3})
+    assert rp.reproduced_cell(longer, budget, st, "test/nll", ours) == "budget: 1 of 3 epochs"
+    st.row = table.rows[0]
+    assert rp.reproduced_cell(table, table.budget("smoke"), st, "test/nll", ours) == (
+        "budget: 1 of 1 epochs"
+    )
+
+
+def test_changed_row_is_refused_before_anything_runs(small_run, fake_mnist: Path) -> None:
+    tmp, _, out, args, _ = small_run
+    good = (out / "runs" / "good" / "metrics.json").read_bytes()
+    sittings = len(json.loads((out / "reproduce.json").read_text())["sittings"])
+    changed = write_table(
+        tmp / "changed.yaml", [vae_row("good", 1, "model.objective.beta=3.0"), BAD], paper_epochs=1
+    )
+    proc = run_reproduce(
+        [f"table={changed}", "budget=paperlike", f"out_dir={out}"], tmp, fake_mnist, check=False
+    )
+    assert proc.returncode == 2
+    refused = proc.stderr.split("refusing")[1].split("Restore")[0]
+    assert "row good" in refused and "model.objective.beta" in refused
+    assert "row bad" not in refused
+    assert (out / "runs" / "good" / "metrics.json").read_bytes() == good
+    assert len(json.loads((out / "reproduce.json").read_text())["sittings"]) == sittings
+    # the report against the changed table flags the row instead of judging it
+    rep = tmp / "changed_report"
+    run_reproduce(
+        [
+            f"table={changed}",
+            "budget=paperlike",
+            f"out_dir={out}",
+            "report_only=true",
+            f"report_dir={rep}",
+        ],
+        tmp,
+        fake_mnist,
+    )
+    line = next(ln for ln in read_csv(rep / "report.csv") if ln["row"] == "good")
+    assert line["status"] == "ok (config differs)"
+    assert line["reproduced"] == "no: config differs from the table"
+    # a pass-through override that changes what the rows compute is refused too
+    proc = run_reproduce([*args, "optimizer.lr=0.5"], tmp, fake_mnist, check=False)
+    assert proc.returncode == 2 and "optimizer.lr" in proc.stderr
+    # where the run happens is not what it computes: a different data folder is accepted
+    ok = run_reproduce([*args, "dry_run=true", "trainer.devices=1"], tmp, fake_mnist)
+    assert "skipped: finished" in ok.stdout
+
+
+def test_unknown_table_or_budget_lists_the_choices() -> None:
+    with pytest.raises(
+        rp.ReproduceError, match=r"unknown table 'nope'.*aevb_fig2.*beta_rd.*iwae_table1.*realnvp"
+    ):
+        rp.reproduce(["table=nope"])
+    with pytest.raises(rp.ReproduceError, match=r"unknown budget 'gpu'.*full, cpu, smoke"):
+        rp.reproduce(["table=iwae_table1", "budget=gpu"])
+    with pytest.raises(rp.ReproduceError, match=r"no row 'vae_1l_k2'.*vae_1l_k1"):
+        rp.reproduce(["table=iwae_table1", "rows=[vae_1l_k2]"])
+
+
+def test_missing_experiment_fails_before_anything_runs_naming_the_row(tmp_path: Path) -> None:
+    path = write_table(
+        tmp_path / "typo.yaml",
+        [vae_row("fine", 1), {"id": "typo_row", "experiment": "iwae_vae_3layer", "published": 1.0}],
+    )
+    out = tmp_path / "out"
+    with pytest.raises(rp.ReproduceError, match=r"row 'typo_row': experiment 'iwae_vae_3layer'"):
+        rp.reproduce([f"table={path}", "budget=smoke", f"out_dir={out}"])
+    assert not out.exists()  # nothing was written or run
+
+
+def test_row_configs_compose_and_cpu_budgets_state_the_truncation(tmp_path: Path) -> None:
+    """Every row of every table composes at every budget; non-paper budgets say how they truncate."""
+    composed = {}
+    for name in rp.table_names():
+        table = rp.load_table(name)
+        for budget in table.budgets.values():
+            if not budget.paper:
+                assert budget.about and budget.eval, (name, budget.name)
+        plan = rp.plan_table(table, table.budget("cpu"), table.rows, tmp_path / name, (), None)
+        assert [st.cfg.reproduce.row for st in plan.states] == [r.id for r in table.rows]
+        assert set(plan.actions) == {r.id for r in table.rows}
+        composed[name] = {st.row.id: st.cfg for st in plan.states}
+    # the VAE k=5 row trains the k-sample ELBO, the IWAE k=5 row L_5
+    vae5, iwae5 = composed["iwae_table1"]["vae_1l_k5"], composed["iwae_table1"]["iwae_1l_k5"]
+    assert (vae5.model.objective.elbo_samples, vae5.model.objective.iwae_samples) == (5, 1)
+    assert (iwae5.model.objective.elbo_samples, iwae5.model.objective.iwae_samples) == (1, 5)
+    assert vae5.schedule.stages == 2 and vae5.eval.num_samples == 1000
+    aevb = composed["aevb_fig2"]["nz200"]
+    assert aevb.model.latent_dim == 200 and aevb.optimizer._target_ == "torch.optim.Adagrad"
+    assert aevb.model.encoder.net.init == "normal" and aevb.optimizer.weight_decay > 0
