@@ -32,6 +32,7 @@ extrapolates the full schedule, 3280 epochs x 2980 steps (59,600 training images
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -79,6 +80,22 @@ def layer_spec(cfg) -> list[tuple[int, list[int]]]:
     if "layers" in m:
         return [(int(s.latent_dim), [int(h) for h in s.hidden]) for s in m.layers]
     return [(int(m.latent_dim), [int(h) for h in m.encoder.net.hidden])]
+
+
+@contextlib.contextmanager
+def plain_pytorch_environment():
+    """The environment of a script that never imported Lightning, for the plain-PyTorch arms.
+
+    Importing Lightning sets ``PYTORCH_NVML_BASED_CUDA_CHECK=1``, which makes every Adam step of a
+    CUDA build of torch on the CPU load NVML afresh (``vaelab.lit``); a hand-written script does
+    not pay that, so the ``hand`` and ``bare`` arms run without it.
+    """
+    saved = os.environ.pop("PYTORCH_NVML_BASED_CUDA_CHECK", None)
+    try:
+        yield
+    finally:
+        if saved is not None:
+            os.environ["PYTORCH_NVML_BASED_CUDA_CHECK"] = saved
 
 
 def run_bare(cfg, data: torch.Tensor, device: torch.device):
@@ -248,9 +265,10 @@ def main() -> None:
         if args.plain_lightning:
             runs["plain_lightning"] = []
         for _ in range(args.reps):
-            runs["hand"].append(run_hand(data, layers, bs, lr, args.seed, device))
-            if not args.no_bare:
-                runs["bare"].append(run_bare(cfg, data, device))
+            with plain_pytorch_environment():
+                runs["hand"].append(run_hand(data, layers, bs, lr, args.seed, device))
+                if not args.no_bare:
+                    runs["bare"].append(run_bare(cfg, data, device))
             runs["vaelab"].append(run_vaelab_epoch(cfg, data))
             for name, c in cfgs.items():
                 runs[name].append(run_vaelab_epoch(c, data))

@@ -11,6 +11,7 @@ images, ``{stage}/{name}_se`` (``vaelab.evaluation.stats``), exact under DDP.
 from __future__ import annotations
 
 import functools
+import os
 import warnings
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -40,6 +41,16 @@ warnings.filterwarnings(
     message=r".*when logging on epoch level in distributed setting.*",
     category=PossibleUserWarning,
 )
+
+# Lightning sets PYTORCH_NVML_BASED_CUDA_CHECK=1 when it is imported, so that asking whether CUDA is
+# available does not initialise CUDA before a fork. Until CUDA is initialised torch then answers
+# torch.cuda.is_available() by loading NVML afresh (dlopen + nvmlInit) on every call, and every
+# Adam/AdamW step asks (Optimizer._accelerator_graph_capture_health_check): on a CPU run with a
+# CUDA build of torch that is paid once per optimizer step, by vaelab and by anything else that
+# imports Lightning; a plain PyTorch script does not pay it. A CPU run never initialises CUDA, so
+# for the duration of ``fit`` the CUDA runtime's own cached device count answers instead (the
+# variable is put back at teardown).
+_NVML_CHECK = "PYTORCH_NVML_BASED_CUDA_CHECK"
 
 OptimizerFactory = Callable[[Iterable[torch.nn.Parameter]], torch.optim.Optimizer]
 SchedulerFactory = Callable[[torch.optim.Optimizer], Any]
@@ -206,6 +217,8 @@ class GenerativeModule(L.LightningModule):
         self.automatic_optimization = False
 
     def on_fit_start(self) -> None:
+        if self.device.type == "cpu" and os.environ.get(_NVML_CHECK) == "1":
+            self._nvml_check = os.environ.pop(_NVML_CHECK)  # see _NVML_CHECK
         if not self.automatic_optimization:
             for config in self.trainer.lr_scheduler_configs:
                 if isinstance(config.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
@@ -214,6 +227,11 @@ class GenerativeModule(L.LightningModule):
                         "ReduceLROnPlateau (it waits for a metric Lightning reports per batch); "
                         "use another scheduler or module.steps_per_batch=1"
                     )
+
+    def teardown(self, stage: str) -> None:
+        value = self.__dict__.pop("_nvml_check", None)
+        if value is not None:
+            os.environ[_NVML_CHECK] = value
 
     def configure_optimizers(self) -> Any:
         opt = self.optimizer_factory(self.model.parameters())
