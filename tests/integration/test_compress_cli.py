@@ -74,6 +74,11 @@ def test_compress_writes_file_and_metrics_and_decompress_restores(
     ):
         assert key in saved, key
     assert saved["coder"]["order"] == "bitswap" and saved["model_sha256"]
+    # what vaelab-reproduce's report reads, as vaelab-train writes it: the checkpoint's training
+    # (1 epoch of 4 steps, compose_train's TINY) and where the compression ran
+    assert saved["status"] == "ok" and saved["checkpoint"] == str(tiny_ckpt)
+    assert (saved["epochs"], saved["global_step"]) == (1, 4)
+    assert saved["device"] == "cpu" and saved["threads"] >= 1 and saved["seconds"] > 0
     # The stored stream sits between the net rate and the whole file.
     assert metrics["compress/bpd"] < metrics["compress/bpd_with_initial"]
     assert metrics["compress/bpd_with_initial"] < metrics["compress/file_bpd"]
@@ -120,6 +125,10 @@ def test_gaussian_likelihood_run_is_refused(fake_mnist: Path, tmp_path: Path) ->
     ckpt = train_tiny(tmp_path, fake_mnist, ["data=mnist", "model=vae_gaussian"])
     with pytest.raises(NotCompressibleError, match="GaussianLikelihood likelihood"):
         run(compose_compress([f"ckpt_path={ckpt}"], tmp_path / "c", fake_mnist))
+    # the refusal is recorded, as vaelab-train records a failed run
+    saved = json.loads((tmp_path / "c" / "metrics.json").read_text())
+    assert saved["status"].startswith("failed: NotCompressibleError: ")
+    assert saved["epochs"] == 1 and "compress/bpd" not in saved
 
 
 def test_bbans_vae_experiment_is_townsend_et_al(tmp_path: Path) -> None:

@@ -17,7 +17,10 @@ file, reads it back, decompresses it, checks that every pixel is restored, and r
 - ``compress/baseline/{gzip,bz2,lzma}_bpd`` on the same images, bit-packed;
   ``compress/baseline/png_bpd`` (one 1-bit PNG file per image) and ``png_stacked_bpd`` (all images
   in one tall 1-bit PNG), when Pillow is installed;
-- ``compress/encode_images_per_s``, ``compress/decode_images_per_s``.
+- ``compress/encode_images_per_s``, ``compress/decode_images_per_s``;
+- ``status`` (``ok`` or ``failed: ...``, written also when the run fails), the checkpoint's training
+  ``epochs`` and ``global_step``, and ``seconds``, ``device``, ``threads``, as vaelab-train writes
+  them (``vaelab-reproduce table=bbans`` reads them).
 
 ``mode=decompress`` restores the images from a file and the checkpoint that wrote it, into
 ``output`` (a ``.npy`` uint8 array ``(N, C, H, W)``).
@@ -164,10 +167,64 @@ def settings_from(cfg: DictConfig) -> CoderSettings:
     )
 
 
+def trained_epochs(ckpt: dict) -> int | None:
+    """Training epochs a vaelab-train checkpoint had completed (``epochs`` of its metrics.json).
+
+    Lightning's ``epoch`` is the 0-based epoch the checkpoint was written in; the fit loop's
+    processed-epoch count says how many epochs of training steps were done (2 for ``last.ckpt``
+    written at the end of the second epoch, where ``epoch`` is 1).
+    """
+    try:
+        return int(ckpt["loops"]["fit_loop"]["epoch_progress"]["current"]["processed"])
+    except (KeyError, TypeError):
+        return None if ckpt.get("epoch") is None else int(ckpt["epoch"]) + 1
+
+
 def compress(cfg: DictConfig) -> dict[str, float]:
-    """``mode=compress``: compress, write, read back, decompress, check; returns the metrics."""
+    """``mode=compress``: compress, write, read back, decompress, check; returns the metrics.
+
+    ``metrics.json`` is written whatever happens, as vaelab-train writes it: ``status: ok`` or
+    ``status: failed: ...``, with the checkpoint's training ``epochs`` and ``global_step``, the
+    run's ``seconds``, ``device`` and ``threads`` (what vaelab-reproduce's report reads).
+    """
+    out_dir = Path(cfg.paths.output_dir)
+    t0 = time.perf_counter()
+    status = "ok"
+    metrics: dict[str, float] = {}
+    info: dict[str, Any] = {"checkpoint": str(cfg.ckpt_path), "split": str(cfg.split)}
+    try:
+        metrics = _compress(cfg, out_dir, info)
+    except BaseException as err:
+        status = f"failed: {type(err).__name__}: {err}"
+        raise
+    finally:
+        try:
+            write_metrics(
+                out_dir / "metrics.json",
+                metrics,
+                status=status,
+                **info,
+                seconds=round(time.perf_counter() - t0, 2),
+                output_dir=str(out_dir),
+                threads=torch.get_num_threads(),
+            )
+        except Exception as err:  # never hide the run's own error behind this one
+            if status == "ok":
+                raise
+            log.error("could not write %s: %s", out_dir / "metrics.json", err)
+    return metrics
+
+
+def _compress(cfg: DictConfig, out_dir: Path, info: dict[str, Any]) -> dict[str, float]:
+    """The work of ``compress``; fills ``info`` (what metrics.json records besides the figures)."""
     ckpt_path = str(cfg.ckpt_path)
     model, datamodule, ckpt = load_run(ckpt_path, cfg.data_dir)
+    info.update(
+        epoch=ckpt.get("epoch"),
+        epochs=trained_epochs(ckpt),
+        global_step=ckpt.get("global_step"),
+        device=str(next(model.parameters()).device),
+    )
     chain = LatentChain(model)  # NotCompressibleError for flows and non-Bernoulli likelihoods
     settings = settings_from(cfg)
     images = split_images(datamodule, str(cfg.split), cfg.num_images)
@@ -178,7 +235,6 @@ def compress(cfg: DictConfig) -> dict[str, float]:
     head = fileformat.header(
         enc, chain.fingerprint, chain.model_name, fileformat.images_digest(images)
     )
-    out_dir = Path(cfg.paths.output_dir)
     file = Path(cfg.file) if cfg.get("file") else out_dir / f"{cfg.split}.vlbb"
     size = fileformat.write(file, head, enc.payload)
 
@@ -216,17 +272,11 @@ def compress(cfg: DictConfig) -> dict[str, float]:
     }
     if cfg.baselines:
         metrics.update({f"compress/baseline/{k}": v for k, v in baselines(images).items()})
-    write_metrics(
-        out_dir / "metrics.json",
-        metrics,
-        checkpoint=ckpt_path,
+    info.update(
         file=str(file),
-        split=str(cfg.split),
         coder=settings.to_dict(),
         model=chain.model_name,
         model_sha256=chain.fingerprint,
-        epoch=ckpt.get("epoch"),
-        threads=torch.get_num_threads(),
     )
     units = {
         "bits_per_image": "bits/image",
