@@ -28,11 +28,13 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
+import functools
 import io
 import itertools
 import json
 import math
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -96,6 +98,10 @@ class Row:
     entry: str
     requires: tuple[str, ...]
     x: float | None  # the row's value on a figure's axis (N_z, beta), if any
+    # The id of a training row whose final checkpoint this row's job reads (ckpt_path=<that row's
+    # run folder>/checkpoints/last.ckpt), e.g. a compression row; it runs after that row, and only
+    # once that row has finished ok.
+    checkpoint_of: str | None = None
 
     def overrides_for(self, budget: str) -> tuple[str, ...]:
         return (*self.overrides, *self.budget_overrides.get(budget, ()))
@@ -217,12 +223,23 @@ def load_table(name: str) -> Table:
                 entry=str(r.get("entry", raw.get("entry", "vaelab.train"))),
                 requires=_strs(r.get("requires")),
                 x=None if r.get("x") is None else float(r["x"]),
+                checkpoint_of=None if r.get("checkpoint_of") is None else str(r["checkpoint_of"]),
             )
         )
     ids = [r.id for r in rows]
     dup = sorted({i for i in ids if ids.count(i) > 1})
     if dup:
         raise ReproduceError(f"{path}: duplicate row ids {dup}")
+    by_id = {r.id: r for r in rows}
+    for r in rows:
+        if r.checkpoint_of is None:
+            continue
+        dep = by_id.get(r.checkpoint_of)
+        if dep is None or dep.checkpoint_of is not None or dep.entry != "vaelab.train":
+            raise ReproduceError(
+                f"{path}: row {r.id!r}: checkpoint_of must name a training row of the table "
+                f"(entry vaelab.train, itself without checkpoint_of); got {r.checkpoint_of!r}"
+            )
     return Table(
         name=name,
         title=str(raw.get("title", name)),
@@ -303,6 +320,7 @@ def compose_row(conf_dir: Path, row: Row, passthrough: Sequence[str]) -> DictCon
     from hydra.core.global_hydra import GlobalHydra
 
     config_name = _entry_config(row.entry)
+    passthrough, _ = entry_passthrough(row.entry, passthrough)
     job_overrides = [o for o in passthrough if not o.lstrip("+~").startswith("hydra")]
     GlobalHydra.instance().clear()
     try:
@@ -319,9 +337,44 @@ def compose_row(conf_dir: Path, row: Row, passthrough: Sequence[str]) -> DictCon
         GlobalHydra.instance().clear()
 
 
+# An entry point's primary config: vaelab.<x> composes conf/<x>.yaml, except these.
+ENTRY_CONFIGS = {"vaelab.compression.cli": "compress"}
+
+
 def _entry_config(entry: str) -> str:
-    # vaelab.train -> train.yaml; an entry point named vaelab.<x> composes conf/<x>.yaml.
-    return entry.rsplit(".", 1)[-1]
+    return ENTRY_CONFIGS.get(entry, entry.rsplit(".", 1)[-1])
+
+
+@functools.cache
+def _entry_keys(entry: str) -> frozenset[str]:
+    """The top-level keys of an entry point's composed config (``paths``, ``ckpt_path``, ...)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+            return frozenset(compose(config_name=_entry_config(entry)).keys())
+    finally:
+        GlobalHydra.instance().clear()
+
+
+def entry_passthrough(entry: str, passthrough: Sequence[str]) -> tuple[list[str], list[str]]:
+    """``(kept, dropped)``: the pass-through arguments that apply to ``entry``'s jobs.
+
+    Every argument goes to ``vaelab.train``. Another entry point (``vaelab.compression.cli``) gets
+    those whose key its config has (``paths.data_dir=...``) and Hydra's own (``hydra/launcher=...``);
+    a training-only one (``trainer.accelerator=cpu``, ``data.download=false``) would make its
+    config fail to compose, so it is left out of that entry's jobs (and said so when they launch).
+    """
+    if entry == "vaelab.train" or not passthrough:
+        return list(passthrough), []
+    keys = _entry_keys(entry)
+    kept, dropped = [], []
+    for o in passthrough:
+        root = re.split(r"[./=@]", o.lstrip("+~"), maxsplit=1)[0]
+        (kept if root == "hydra" or root in keys else dropped).append(o)
+    return kept, dropped
 
 
 def _drop(cfg: Mapping[str, Any], keys: Sequence[str]) -> dict[str, Any]:
@@ -373,9 +426,11 @@ def table_differences(table: Table, budget: Budget, st: RowState) -> list[str]:
             f"experiment: run has {choices.get('experiment')!r}, table has {st.row.experiment!r}"
         )
     groups = _groups(Path(config_dir()))
+    asked: dict[str, str] = {}  # a key set twice (row, then the row's budget): the last one counts
     for ov in (*budget.overrides, *st.row.overrides_for(budget.name)):
         key, value = ov.split("=", 1)
-        key = key.lstrip("+")
+        asked[key.lstrip("+")] = value
+    for key, value in asked.items():
         if "." not in key and key in groups:
             if choices.get(key) != value:
                 diffs.append(f"{key}: run has {choices.get(key)!r}, table has {value!r}")
@@ -401,6 +456,9 @@ class RowState:
     no_data: str | None = None
     differs: list[str] = field(default_factory=list)
     cfg: DictConfig | None = None  # the row's job config as composed for this sitting
+    # A checkpoint_of row: the checkpoint its job reads, and why it cannot run (yet), if so.
+    checkpoint: Path | None = None
+    blocked: str | None = None
 
     @property
     def status(self) -> str:
@@ -408,6 +466,8 @@ class RowState:
             return "no data"
         if self.metrics is not None:
             return str(self.metrics.get("status", "unknown"))
+        if self.blocked:
+            return f"not run: {self.blocked}"
         if self.last_ckpt is not None:
             return "unfinished"
         return "not run"
@@ -445,6 +505,27 @@ def row_state(runs: Path, row: Row, data_dir: str | None) -> RowState:
     if missing:
         state.no_data = f"missing {', '.join(missing)} under {data_dir}"
     return state
+
+
+def link_checkpoints(
+    table: Table, states: Sequence[RowState], runs: Path, data_dir: str | None
+) -> None:
+    """Point each ``checkpoint_of`` row at its training row's final checkpoint, and block it
+    (``st.blocked``, reported as ``not run: ...``) unless that row has finished ok and the
+    checkpoint is there: a failed, interrupted or missing training run is never compressed."""
+    known = {st.row.id: st for st in states}
+    rows = {r.id: r for r in table.rows}
+    for st in states:
+        if st.row.checkpoint_of is None:
+            continue
+        dep_id = st.row.checkpoint_of
+        dep = known.get(dep_id) or row_state(runs, rows[dep_id], data_dir)
+        st.checkpoint = (dep.dir / "checkpoints" / "last.ckpt").resolve()
+        st.blocked = None
+        if dep.status != "ok":
+            st.blocked = f"its training row {dep_id} has not finished ok ({dep.status})"
+        elif not st.checkpoint.is_file():
+            st.blocked = f"its training row {dep_id} finished, but {st.checkpoint} is missing"
 
 
 # -- provenance ----------------------------------------------------------------------------------
@@ -491,6 +572,7 @@ class Plan:
     states: list[RowState]
     to_run: list[RowState]
     actions: dict[str, str]
+    data_dir: str | None = None
 
 
 def plan_table(
@@ -503,22 +585,37 @@ def plan_table(
     retry_failed: bool = False,
     write: bool = True,
 ) -> Plan:
-    """Decide per row: skip, resume, start, or refuse (config differs); write row configs."""
+    """Decide per row: skip, resume, start, or refuse (config differs); write row configs.
+
+    A ``checkpoint_of`` row starts with its training row's ``checkpoints/last.ckpt`` as
+    ``ckpt_path``: at once where that row has finished ok, after it where it runs in this sitting
+    (``run_plan`` launches it only if that row then ends ok), and not at all otherwise.
+    """
     check_rows_exist(table, rows)
     runs = out_dir / "runs"
     conf_dir = out_dir / "conf"
     states = [row_state(runs, r, data_dir) for r in rows]
+    link_checkpoints(table, states, runs, data_dir)
     actions: dict[str, str] = {}
     to_run: list[RowState] = []
     refused = []
-    for st in states:
-        ckpt = None
+    # training rows first: whether a checkpoint_of row waits depends on whether its row will run
+    for st in sorted(states, key=lambda s: s.row.checkpoint_of is not None):
+        ckpt = None if st.checkpoint is None else str(st.checkpoint)
         if st.no_data:
             action = f"skipped: no data ({st.no_data})"
         elif st.finished:
             action = "skipped: finished"
         elif st.failed and not st.interrupted and not retry_failed:
             action = "skipped: failed (retry_failed=true runs it again)"
+        elif st.checkpoint is not None:
+            dep_runs = any(s.row.id == st.row.checkpoint_of for s in to_run)
+            if not st.blocked:
+                action = f"start with {ckpt}"
+            elif dep_runs:
+                action = f"start after row {st.row.checkpoint_of}, with {ckpt}, if it ends ok"
+            else:
+                action = f"skipped: not run: {st.blocked}"
         elif st.last_ckpt is not None:
             ckpt = str(st.last_ckpt.resolve())
             action = f"resume from {ckpt}"
@@ -547,6 +644,8 @@ def plan_table(
         actions[st.row.id] = action
         if not action.startswith("skipped"):
             to_run.append(st)
+    actions = {st.row.id: actions[st.row.id] for st in states}  # in the table's order
+    to_run.sort(key=states.index)
     if refused:
         lines = []
         for st in refused:
@@ -559,12 +658,13 @@ def plan_table(
             "than the table's:\n" + "\n".join(lines) + "\nRestore the table's settings, move those "
             "row folders away to run them afresh, or pass out_dir=<another folder>."
         )
-    return Plan(table, budget, out_dir, states, to_run, actions)
+    return Plan(table, budget, out_dir, states, to_run, actions, data_dir)
 
 
 def multirun_command(plan: Plan, entry: str, ids: Sequence[str], passthrough: Sequence[str]):
     conf_dir = (plan.out_dir / "conf").resolve()
     runs = (plan.out_dir / "runs").resolve()
+    passthrough, _ = entry_passthrough(entry, passthrough)
     return [
         sys.executable,
         "-m",
@@ -579,13 +679,43 @@ def multirun_command(plan: Plan, entry: str, ids: Sequence[str], passthrough: Se
 
 
 def run_plan(plan: Plan, passthrough: Sequence[str]) -> int:
-    """Launch the rows to run, one multirun per entry point; returns the worst exit status."""
-    by_entry: dict[str, list[str]] = {}
-    for st in plan.to_run:
-        by_entry.setdefault(st.row.entry, []).append(st.row.id)
+    """Launch the rows to run, one multirun per entry point; returns the worst exit status.
+
+    Rows that wait for a training row of this sitting (``checkpoint_of``) are launched after every
+    other multirun has returned, and only those whose training row then says ``ok``; the others
+    are not launched (their action says why) and make the exit status 1 at least.
+    """
     commit, versions = git_commit(), package_versions()
+    waiting = [st for st in plan.to_run if st.checkpoint is not None and st.blocked]
+    rc = launch_rows(
+        plan, [st for st in plan.to_run if st not in waiting], passthrough, commit, versions
+    )
+    if not waiting:
+        return rc
+    runs = plan.out_dir / "runs"
+    link_checkpoints(plan.table, waiting, runs, plan.data_dir)  # the training rows as they ended
+    for st in waiting:
+        if st.blocked:
+            plan.actions[st.row.id] = f"not launched: {st.blocked}"
+            print(f"vaelab-reproduce: row {st.row.id}: {plan.actions[st.row.id]}", flush=True)
+            rc = max(rc, 1)
+    ready = [st for st in waiting if not st.blocked]
+    return max(rc, launch_rows(plan, ready, passthrough, commit, versions))
+
+
+def launch_rows(
+    plan: Plan,
+    states: Sequence[RowState],
+    passthrough: Sequence[str],
+    commit: str,
+    versions: Mapping[str, str],
+) -> int:
+    """Record a sitting in each row's ``reproduce_row.json`` and run one multirun per entry."""
+    by_entry: dict[str, list[str]] = {}
+    for st in states:
+        by_entry.setdefault(st.row.entry, []).append(st.row.id)
     rc = 0
-    for st in plan.to_run:  # provenance of every sitting of every row
+    for st in states:  # provenance of every sitting of every row
         st.dir.mkdir(parents=True, exist_ok=True)
         prov_path = st.dir / "reproduce_row.json"
         prov = read_json(prov_path) or {"sittings": []}
@@ -601,6 +731,13 @@ def run_plan(plan: Plan, passthrough: Sequence[str]) -> int:
         prov_path.write_text(json.dumps(prov, indent=2) + "\n")
     for entry, ids in by_entry.items():
         cmd = multirun_command(plan, entry, ids, passthrough)
+        dropped = entry_passthrough(entry, passthrough)[1]
+        if dropped:
+            print(
+                f"vaelab-reproduce: not passed to {entry} (its config has no such key): "
+                + " ".join(dropped),
+                flush=True,
+            )
         print("vaelab-reproduce:", shlex.join(cmd), flush=True)
         rc = max(rc, subprocess.call(cmd))
     return rc
@@ -628,6 +765,8 @@ def digits_for(metric: str) -> int:
     base = metric.split("/")[1] if "/" in metric else metric
     if base.startswith("active_units"):
         return 0
+    if metric.startswith("compress/") and metric.endswith("bpd"):
+        return 4  # code lengths: BB-ANS's 0.19 and its -ELBO differ in the third decimal
     return 3 if base == "bpd" else 2
 
 
@@ -880,6 +1019,22 @@ def run_checks(table: Table, states: Sequence[RowState]) -> list[str]:
                     f"- {text}: **{verdict}** ({s.row.label}: final {metric} {final:.2f}, "
                     f"best {best:.2f}, tolerance {tol:g})"
                 )
+        elif kind == "within":  # |metric - target| <= tolerance, e.g. a gap to a bound
+            target, tol = float(chk.get("target", 0.0)), float(chk.get("tolerance", 0.0))
+            vals = [
+                (s.row.label, v)
+                for s in ok_states
+                if (not chk.get("row") or s.row.id == chk["row"])
+                and (v := _num((s.metrics or {}).get(metric))) is not None
+            ]
+            if not vals:
+                out.append(f"- {text}: not checked (no finished row has {metric})")
+            for label, v in vals:
+                verdict = "holds" if abs(v - target) <= tol else "does not hold"
+                out.append(
+                    f"- {text}: **{verdict}** ({label}: {metric} {v:.{digits_for(metric)}f}; "
+                    f"|{metric} − {target:g}| ≤ {tol:g})"
+                )
         else:
             out.append(f"- unknown check type {kind!r}")
     return out
@@ -1050,6 +1205,7 @@ def build_report(
     report_dir = Path(report_dir or out_dir)
     report_dir.mkdir(parents=True, exist_ok=True)
     states = [row_state(out_dir / "runs", r, data_dir) for r in (rows or table.rows)]
+    link_checkpoints(table, states, out_dir / "runs", data_dir)
     for st in states:  # flag runs that do not have what the table asks of their row
         st.differs = table_differences(table, budget, st)
     lines = report_lines(table, budget, states)
