@@ -351,3 +351,157 @@ def test_row_configs_compose_and_cpu_budgets_state_the_truncation(tmp_path: Path
     aevb = composed["aevb_fig2"]["nz200"]
     assert aevb.model.latent_dim == 200 and aevb.optimizer._target_ == "torch.optim.Adagrad"
     assert aevb.model.encoder.net.init == "normal" and aevb.optimizer.weight_decay > 0
+
+
+# -- BB-ANS: a training row, then a compression row with its final checkpoint -------------------------
+@pytest.fixture(scope="module")
+def bbans_smoke(tmp_path_factory: pytest.TempPathFactory, fake_mnist: Path):
+    """One sitting of ``table=bbans budget=smoke``: the VAE trains, then its test images are coded."""
+    pytest.importorskip("constriction")
+    tmp = tmp_path_factory.mktemp("bbans")
+    out = tmp / "out"
+    args = ["table=bbans", "budget=smoke", f"out_dir={out}"]
+    proc = run_reproduce(args, tmp, fake_mnist)
+    return tmp, out, args, proc
+
+
+def test_bbans_table_trains_then_compresses_the_final_checkpoint(bbans_smoke) -> None:
+    _, out, _, proc = bbans_smoke
+    table = rp.load_table("bbans")
+    train_cmd = proc.stdout.index("-m vaelab.train --multirun")
+    compress_cmd = proc.stdout.index("-m vaelab.compression.cli --multirun")
+    assert train_cmd < compress_cmd  # the training multirun runs first
+    # training-only pass-through arguments do not reach (and break) the compression job
+    assert "trainer.accelerator=cpu" not in proc.stdout[compress_cmd:].splitlines()[0]
+    train = json.loads((out / "runs" / "train" / "metrics.json").read_text())
+    comp = json.loads((out / "runs" / "compress" / "metrics.json").read_text())
+    last = (out / "runs" / "train" / "checkpoints" / "last.ckpt").resolve()
+    assert comp["checkpoint"] == str(last) == train["last_checkpoint"]
+    # the final checkpoint, not an earlier one: the same epochs and steps as the training run
+    assert (
+        (comp["epochs"], comp["global_step"]) == (train["epochs"], train["global_step"]) == (2, 4)
+    )
+    assert comp["compress/num_images"] == 40 and comp["coder"]["order"] == "bbans"
+    lines = assert_cells_equal_metrics(out, table)  # every cell == its row's metrics.json
+    by_row = {ln["row"]: ln for ln in lines}
+    assert by_row["compress"]["metric"] == "compress/bpd"
+    assert float(by_row["compress"]["published"]) == 0.19
+    # the -ELBO in bits/dim and the gap sit beside the rate, in the CSV and the Markdown
+    md = (out / "report.md").read_text()
+    for key in ("compress/neg_elbo_bpd", "compress/gap_percent"):
+        assert float(by_row["compress"][key]) == comp[key]
+        assert f"| {comp[key]:.{rp.digits_for(key)}f} |" in md
+        assert by_row["train"][key] == ""
+    gap = comp["compress/gap_percent"]
+    verdict = "holds" if abs(gap) <= 1.0 else "does not hold"
+    assert f"within about 1 % of the -ELBO (the paper's claim): **{verdict}**" in md
+    assert f"compress/gap_percent {gap:.2f};" in md
+
+
+def test_bbans_rerun_skips_both_rows_and_reruns_an_interrupted_compression(
+    bbans_smoke, fake_mnist: Path
+) -> None:
+    tmp, out, args, _ = bbans_smoke
+    train, comp = (
+        out / "runs" / "train" / "metrics.json",
+        out / "runs" / "compress" / "metrics.json",
+    )
+    before = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in (train, comp)}
+    again = run_reproduce(args, tmp, fake_mnist)
+    assert "row train: skipped: finished" in again.stdout
+    assert "row compress: skipped: finished" in again.stdout
+    assert "--multirun" not in again.stdout  # nothing launched
+    assert {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in (train, comp)} == before
+    # a compression killed by Ctrl-C (or SIGTERM) runs again, from the same checkpoint; the
+    # finished training row does not
+    m = json.loads(comp.read_text())
+    comp.write_text(json.dumps({**m, "status": "failed: KeyboardInterrupt: "}))
+    third = run_reproduce(args, tmp, fake_mnist)
+    last = (out / "runs" / "train" / "checkpoints" / "last.ckpt").resolve()
+    assert f"row compress: start with {last}" in third.stdout
+    assert "-m vaelab.train" not in third.stdout
+    assert train.read_bytes() == before[train][0]
+    redone = json.loads(comp.read_text())
+    assert redone["status"] == "ok" and redone["compress/bpd"] == m["compress/bpd"]  # seeded
+    sittings = json.loads((comp.parent / "reproduce_row.json").read_text())["sittings"]
+    assert [s["action"].split(" ")[0] for s in sittings] == ["start", "start"]
+
+
+def test_compress_row_without_a_finished_training_row_is_never_launched(
+    tmp_path: Path, fake_mnist: Path
+) -> None:
+    """Failed, missing or half-trained training row: the compression row says so and never runs."""
+    pytest.importorskip("constriction")
+    out = tmp_path / "out"
+    args = ["table=bbans", "budget=smoke", f"out_dir={out}"]
+    # a training run that diverges (Adam with lr 1e30: non-finite loss) fails
+    proc = run_reproduce([*args, "optimizer.lr=1e30"], tmp_path, fake_mnist, check=False)
+    assert proc.returncode != 0
+    train = json.loads((out / "runs" / "train" / "metrics.json").read_text())
+    assert train["status"].startswith("failed")
+    why = f"its training row train has not finished ok ({train['status']}"
+    assert f"row compress: not launched: {why}" in proc.stdout
+    assert "-m vaelab.compression.cli" not in proc.stdout
+    assert not (out / "runs" / "compress").exists()
+    comp = next(ln for ln in read_csv(out / "report.csv") if ln["row"] == "compress")
+    assert comp["status"].startswith(f"not run: {why}")
+    assert comp["ours"] == "" and comp["reproduced"] == "—"
+    assert (
+        "not run: its training row train has not finished ok (failed"
+        in (out / "report.md").read_text()
+    )
+    again = run_reproduce([*args, "optimizer.lr=1e30", "dry_run=true"], tmp_path, fake_mnist)
+    assert "row train: skipped: failed" in again.stdout
+    assert f"row compress: skipped: not run: {why}" in again.stdout
+
+    # no training run at all, and one killed mid-way (a checkpoint, no metrics.json)
+    for name, make in (("missing", None), ("unfinished", "checkpoint only")):
+        out = tmp_path / name
+        if make:
+            (out / "runs" / "train" / "checkpoints").mkdir(parents=True)
+            (out / "runs" / "train" / "checkpoints" / "last.ckpt").write_bytes(b"half-trained")
+        proc = run_reproduce(
+            ["table=bbans", "budget=smoke", f"out_dir={out}", "rows=[compress]"],
+            tmp_path,
+            fake_mnist,
+        )
+        status = "unfinished" if make else "not run"
+        why = f"its training row train has not finished ok ({status})"
+        assert f"row compress: skipped: not run: {why}" in proc.stdout
+        assert "--multirun" not in proc.stdout
+        assert not (out / "runs" / "compress").exists()
+        (line,) = read_csv(out / "report.csv")
+        assert line["status"] == f"not run: {why}" and line["ours"] == ""
+
+
+def test_checkpoint_of_row_listed_first_still_runs_after_its_training_row(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The launch order comes from checkpoint_of, not from the rows' order (no real jobs run)."""
+    import yaml
+
+    doc = yaml.safe_load(rp.load_table("bbans").path.read_text())
+    doc["rows"] = doc["rows"][::-1]  # compress, then train
+    path = tmp_path / "reversed.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    table = rp.load_table(str(path))
+    out = tmp_path / "out"
+    plan = rp.plan_table(table, table.budget("smoke"), table.rows, out, (), None)
+    assert [st.row.id for st in plan.to_run] == ["compress", "train"]
+    launched: list[str] = []
+
+    def fake_call(cmd: list[str]) -> int:  # the training job finishes ok and leaves last.ckpt
+        launched.append(cmd[2])
+        if cmd[2] == "vaelab.train":
+            (out / "runs" / "train" / "checkpoints").mkdir(parents=True)
+            (out / "runs" / "train" / "checkpoints" / "last.ckpt").write_bytes(b"weights")
+            (out / "runs" / "train" / "metrics.json").write_text('{"status": "ok"}')
+        return 0
+
+    monkeypatch.setattr(rp.subprocess, "call", fake_call)
+    assert rp.run_plan(plan, ()) == 0
+    assert launched == ["vaelab.train", "vaelab.compression.cli"]
+    row_cfg = (out / "conf" / rp.ROW_GROUP / "compress.yaml").read_text()
+    assert (
+        f"ckpt_path: {(out / 'runs' / 'train' / 'checkpoints' / 'last.ckpt').resolve()}" in row_cfg
+    )
