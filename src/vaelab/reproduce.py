@@ -21,7 +21,10 @@ the row's entry point (``vaelab.train`` unless the row names another, e.g. a com
 point) over ``+reproduce_row=<row>,...``, each job in ``<table dir>/runs/<row>/``. Re-running skips
 rows whose ``metrics.json`` says ``ok`` (and failed rows, unless ``retry_failed=true``), resumes
 rows that have a ``checkpoints/last.ckpt`` from it, and refuses, before anything runs, a row whose
-existing run was made with a config that differs from the table's.
+existing run was made with a config that differs from the table's. A row with ``checkpoint_of:
+<row>`` (e.g. ``table=bbans``'s compression row) gets ``ckpt_path=<that row's run folder>/checkpoints/
+last.ckpt``, runs after that row's multirun, and only if that row ended ``ok``; otherwise it is
+reported as ``not run: ...`` and never launched.
 """
 
 from __future__ import annotations
