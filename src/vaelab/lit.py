@@ -85,7 +85,7 @@ class GenerativeModule(L.LightningModule):
         steps_per_batch: K, the optimizer steps per Lightning batch. With ``K > 1`` the
             DataModule hands out K minibatches at once (a ``(K, B, ...)`` tensor) and this module
             runs K complete optimizer steps on them in one ``training_step``, so Lightning's
-            per-batch loop overhead (about 0.5 ms on a CPU) is paid once per K steps. The
+            per-batch loop overhead is paid once per K steps (its per-step hooks are not). The
             minibatches, the noise, the parameters after every step, the ``train/*`` rows (each
             under the step that computed it), the LR scheduler (per step or per epoch), mixed
             precision, ``check_grads`` and the NaN stop (at the exact step, before its backward
