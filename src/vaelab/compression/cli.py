@@ -53,6 +53,15 @@ from vaelab.utils import CheckpointError, read_checkpoint, write_metrics
 log = logging.getLogger(__name__)
 
 
+def decode_file(chain: LatentChain, f: Any) -> np.ndarray:
+    """The images of a read compressed file ``f`` (``fileformat.read``), decoded with ``chain``."""
+    h = f.header
+    return decode(
+        chain, f.payload, h["num_images"], f.settings, h["initial_words"], h["stripped_words"],
+        h["buckets_sha256"],
+    )  # fmt: skip
+
+
 def load_run(ckpt_path: str, data_dir: str | None = None) -> tuple[torch.nn.Module, Any, dict]:
     """Rebuild ``(model, datamodule, checkpoint)`` from a vaelab-train checkpoint's stored config."""
     ckpt = read_checkpoint(ckpt_path)
@@ -241,10 +250,7 @@ def _compress(cfg: DictConfig, out_dir: Path, info: dict[str, Any]) -> dict[str,
     f = fileformat.read(file)  # decode from what is on disk
     fileformat.check_model(f, chain.fingerprint, ckpt_path)
     t0 = time.perf_counter()
-    restored = decode(
-        chain, f.payload, f.header["num_images"], f.settings, f.header["initial_words"],
-        f.header["stripped_words"], f.header["buckets_sha256"],
-    )  # fmt: skip
+    restored = decode_file(chain, f)
     dec_seconds = time.perf_counter() - t0
     if not np.array_equal(restored, images):
         wrong = int((restored != images).reshape(n, -1).any(1).sum())
@@ -311,10 +317,7 @@ def decompress(cfg: DictConfig) -> np.ndarray:
             f"the file holds images of shape {f.header['image_shape']}, the model {chain.data_shape}"
         )
     t0 = time.perf_counter()
-    images = decode(
-        chain, f.payload, f.header["num_images"], f.settings, f.header["initial_words"],
-        f.header["stripped_words"], f.header["buckets_sha256"],
-    )  # fmt: skip
+    images = decode_file(chain, f)
     seconds = time.perf_counter() - t0
     if fileformat.images_digest(images) != f.header["images_sha256"]:
         raise DecodeError(
