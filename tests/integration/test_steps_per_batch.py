@@ -44,6 +44,8 @@ def _run(tmp_path: Path, data: Path, name: str, extra: list[str]) -> tuple[dict,
         "global_step": objects["trainer"].global_step,
         "lr": [g["lr"] for g in objects["trainer"].optimizers[0].param_groups],
         "opt": objects["trainer"].optimizers[0].state_dict(),
+        "direct": objects["module"]._direct_steps,
+        "callbacks": objects["trainer"].callbacks,
     }
     return state, rows, info
 
@@ -80,6 +82,40 @@ def test_k_steps_per_batch_equal_k1_bitwise_with_an_epoch_schedule(
     k3 = _run(tmp_path, fake_mnist, "k3", [*extra, "module.steps_per_batch=3"])
     assert k1[2]["global_step"] == 20 and len(k1[1]) == 20
     assert k1[2]["lr"] != [1e-3]  # the schedule did step
+    assert k3[2]["direct"] is True  # the default callbacks need no per-step hooks
+    _assert_same(k1, k3)
+
+
+class CountsStepHooks(Callback):
+    """Counts the per-optimizer-step hooks Lightning dispatches to callbacks."""
+
+    def __init__(self) -> None:
+        self.calls = {"before_backward": 0, "after_backward": 0, "before_optimizer_step": 0}
+
+    def on_before_backward(self, trainer, module, loss) -> None:
+        self.calls["before_backward"] += 1
+
+    def on_after_backward(self, trainer, module) -> None:
+        self.calls["after_backward"] += 1
+
+    def on_before_optimizer_step(self, trainer, module, optimizer) -> None:
+        self.calls["before_optimizer_step"] += 1
+
+
+def test_a_callback_with_step_hooks_gets_every_step_of_a_block(
+    fake_mnist: Path, tmp_path: Path
+) -> None:
+    # K-blocks skip the per-step hook dispatch only when nothing overrides those hooks.
+    extra = [
+        "trainer.max_epochs=1",
+        "+callbacks.counts._target_=tests.integration.test_steps_per_batch.CountsStepHooks",
+    ]
+    k1 = _run(tmp_path, fake_mnist, "k1", extra)
+    k3 = _run(tmp_path, fake_mnist, "k3", [*extra, "module.steps_per_batch=3"])
+    assert k3[2]["direct"] is False
+    for run in (k1, k3):
+        (counter,) = [c for c in run[2]["callbacks"] if type(c).__name__ == "CountsStepHooks"]
+        assert counter.calls == {k: 10 for k in counter.calls}
     _assert_same(k1, k3)
 
 
@@ -182,10 +218,9 @@ def test_reduce_on_plateau_is_refused(fake_mnist: Path, tmp_path: Path) -> None:
 
 def test_k_blocks_under_bf16_mixed_precision_equal_k1(fake_mnist: Path, tmp_path: Path) -> None:
     extra = ["trainer.max_epochs=1", "trainer.precision=bf16-mixed"]
-    _assert_same(
-        _run(tmp_path, fake_mnist, "k1", extra),
-        _run(tmp_path, fake_mnist, "k4", [*extra, "module.steps_per_batch=4"]),
-    )
+    k4 = _run(tmp_path, fake_mnist, "k4", [*extra, "module.steps_per_batch=4"])
+    assert k4[2]["direct"] is True  # bf16 has no loss scaler
+    _assert_same(_run(tmp_path, fake_mnist, "k1", extra), k4)
 
 
 def test_loader_hands_out_the_k1_minibatches_stacked() -> None:
