@@ -91,7 +91,9 @@ class GenerativeModule(L.LightningModule):
         steps_per_batch: K, the optimizer steps per Lightning batch. With ``K > 1`` the
             DataModule hands out K minibatches at once (a ``(K, B, ...)`` tensor) and this module
             runs K complete optimizer steps on them in one ``training_step``, so Lightning's
-            per-batch loop overhead is paid once per K steps (its per-step hooks are not). The
+            per-batch loop overhead is paid once per K steps; its per-step hook dispatch
+            (``manual_backward``, ``LightningOptimizer.step``) is skipped too when no callback,
+            module, profiler, strategy or loss scaler needs it (``_step_hooks_are_no_ops``). The
             minibatches, the noise, the parameters after every step, the ``train/*`` rows (each
             under the step that computed it), the LR scheduler (per step or per epoch), mixed
             precision, ``check_grads`` and the NaN stop (at the exact step, before its backward
