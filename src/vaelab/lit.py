@@ -246,7 +246,7 @@ class GenerativeModule(L.LightningModule):
     # -- training ------------------------------------------------------------------------------
     def training_step(self, x: Tensor, batch_idx: int) -> Tensor | None:
         if not self.automatic_optimization:
-            self._training_block(x)
+            self._training_block(x, batch_idx)
             return None
         return self._loss_and_log(x)
 
@@ -264,27 +264,32 @@ class GenerativeModule(L.LightningModule):
             self._log_training_terms(step, loss, terms)
         return loss
 
-    def _training_block(self, xs: Tensor) -> None:
+    def _training_block(self, xs: Tensor, batch_idx: int) -> None:
         """K optimizer steps on the minibatches ``xs`` (K, B, ...), exactly as K batches of
         automatic optimization would take them (zero_grad, backward, hooks, step, scheduler)."""
         opt = self.optimizers()
-        step_scheds = [
-            c.scheduler for c in self.trainer.lr_scheduler_configs if c.interval == "step"
-        ]
-        max_steps = self.trainer.max_steps
+        t = self.trainer
+        step_scheds = [c.scheduler for c in t.lr_scheduler_configs if c.interval == "step"]
+        max_steps = t.max_steps
         for x in xs:
             if 0 <= max_steps <= self.global_step:
-                break  # trainer.max_steps: stop at the exact step, not at the block's end
+                return  # trainer.max_steps: stop at the exact step, not at the block's end
             loss = self._loss_and_log(x)
             opt.zero_grad(set_to_none=True)
             self.manual_backward(loss)
             opt.step()
             for sched in step_scheds:
                 sched.step()
-
-    def on_train_epoch_end(self) -> None:
-        if not self.automatic_optimization:  # Lightning steps schedulers only when automatic
-            for c in self.trainer.lr_scheduler_configs:
+        # Lightning steps per-epoch schedulers only under automatic optimization, after the
+        # epoch's last batch and before its on_train_batch_end; so here, not at the epoch end: a
+        # checkpoint written at the epoch's last step (a step-based ModelCheckpoint) then holds
+        # the stepped scheduler with K > 1 as with K = 1, and a resume from it, which does not
+        # run that epoch's end again, keeps the schedule.
+        if (
+            batch_idx + 1 >= t.num_training_batches
+            or t.fit_loop.epoch_loop.batch_progress.is_last_batch
+        ):
+            for c in t.lr_scheduler_configs:
                 if c.interval == "epoch":
                     c.scheduler.step()
 
