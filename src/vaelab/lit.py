@@ -90,6 +90,10 @@ class GenerativeModule(L.LightningModule):
             under the step that computed it), the LR scheduler (per step or per epoch), mixed
             precision, ``check_grads`` and the NaN stop (at the exact step, before its backward
             pass) are the same as with ``K = 1``; ``trainer.max_steps`` stops at the exact step.
+            A resume is exact as with ``K = 1``, from an epoch-end checkpoint and from one written
+            inside an epoch (step-based checkpoints fall on block boundaries; the loader resumes
+            at the next block, on the uninterrupted run's block boundaries), including one at an
+            epoch's last step (tests/integration/test_resume_mid_epoch.py).
             ``limit_train_batches`` and ``val_check_interval`` (as a count) then count blocks of
             K steps. Refused with a message (they cannot be kept): gradient clipping and
             accumulation, more than one process (DDP), ``ReduceLROnPlateau``, and step-based
