@@ -98,6 +98,10 @@ class GenerativeModule(L.LightningModule):
             under the step that computed it), the LR scheduler (per step or per epoch), mixed
             precision, ``check_grads`` and the NaN stop (at the exact step, before its backward
             pass) are the same as with ``K = 1``; ``trainer.max_steps`` stops at the exact step.
+            A resume is exact as with ``K = 1``, from an epoch-end checkpoint and from one written
+            inside an epoch (step-based checkpoints fall on block boundaries; the loader resumes
+            at the next block, on the uninterrupted run's block boundaries), including one at an
+            epoch's last step (tests/integration/test_resume_mid_epoch.py).
             ``limit_train_batches`` and ``val_check_interval`` (as a count) then count blocks of
             K steps. Refused with a message (they cannot be kept): gradient clipping and
             accumulation, more than one process (DDP), ``ReduceLROnPlateau``, and step-based
@@ -256,7 +260,7 @@ class GenerativeModule(L.LightningModule):
     # -- training ------------------------------------------------------------------------------
     def training_step(self, x: Tensor, batch_idx: int) -> Tensor | None:
         if not self.automatic_optimization:
-            self._training_block(x)
+            self._training_block(x, batch_idx)
             return None
         return self._loss_and_log(x)
 
@@ -274,21 +278,20 @@ class GenerativeModule(L.LightningModule):
             self._log_training_terms(step, loss, terms)
         return loss
 
-    def _training_block(self, xs: Tensor) -> None:
+    def _training_block(self, xs: Tensor, batch_idx: int) -> None:
         """K optimizer steps on the minibatches ``xs`` (K, B, ...), exactly as K batches of
         automatic optimization would take them (zero_grad, backward, hooks, step, scheduler)."""
         opt = self.optimizers()
-        step_scheds = [
-            c.scheduler for c in self.trainer.lr_scheduler_configs if c.interval == "step"
-        ]
-        max_steps = self.trainer.max_steps
+        t = self.trainer
+        step_scheds = [c.scheduler for c in t.lr_scheduler_configs if c.interval == "step"]
+        max_steps = t.max_steps
         direct = self._direct_steps
         if direct is None:
             direct = self.__dict__["_direct_steps"] = self._step_hooks_are_no_ops(opt)
         raw = opt.optimizer
         for x in xs:
             if 0 <= max_steps <= self.global_step:
-                break  # trainer.max_steps: stop at the exact step, not at the block's end
+                return  # trainer.max_steps: stop at the exact step, not at the block's end
             loss = self._loss_and_log(x)
             if direct:
                 # What manual_backward + opt.step() do here, without dispatching hooks that no
@@ -305,6 +308,18 @@ class GenerativeModule(L.LightningModule):
                 opt.step()
             for sched in step_scheds:
                 sched.step()
+        # Lightning steps per-epoch schedulers only under automatic optimization, after the
+        # epoch's last batch and before its on_train_batch_end; so here, not at the epoch end: a
+        # checkpoint written at the epoch's last step (a step-based ModelCheckpoint) then holds
+        # the stepped scheduler with K > 1 as with K = 1, and a resume from it, which does not
+        # run that epoch's end again, keeps the schedule.
+        if (
+            batch_idx + 1 >= t.num_training_batches
+            or t.fit_loop.epoch_loop.batch_progress.is_last_batch
+        ):
+            for c in t.lr_scheduler_configs:
+                if c.interval == "epoch":
+                    c.scheduler.step()
 
     def _step_hooks_are_no_ops(self, opt: Any) -> bool:
         """Whether the K-step block may run backward and the optimizer step directly.
@@ -337,12 +352,6 @@ class GenerativeModule(L.LightningModule):
             if getattr(type(self), h) is not getattr(L.LightningModule, h):
                 return False
         return all(callable(getattr(opt, a, None)) for a in ("_on_before_step", "_on_after_step"))
-
-    def on_train_epoch_end(self) -> None:
-        if not self.automatic_optimization:  # Lightning steps schedulers only when automatic
-            for c in self.trainer.lr_scheduler_configs:
-                if c.interval == "epoch":
-                    c.scheduler.step()
 
     @property
     def train_forward(self) -> Callable[[Tensor], Terms]:

@@ -7,16 +7,23 @@ under ``--multirun`` prefers the checkpoint of the same job).
 
 Without it, ``seed_everything`` at the start of a resumed run re-seeds the global torch RNG, so
 the resumed epochs replay epoch 0's reparameterisation noise (1 epoch + resume 1 differed from 2
-straight epochs by max |dW| = 3.1e-2). The states are restored at the first
-``on_train_epoch_start`` after loading, i.e. after the sanity check and right where the saved run
-would have gone on, so N epochs + resume M equals N + M straight, bit for bit on a CPU
-(``tests/integration/test_resume_exact.py``).
+straight epochs by max |dW| = 3.1e-2). The states are restored after loading at the first
+``on_train_epoch_start`` or ``on_train_batch_start``, whichever comes first: after the sanity
+check and the ``on_train_start`` hooks, right where the saved run went on. A run resumed from an
+epoch end gets the epoch start; a run resumed inside an epoch (a step-based ``ModelCheckpoint``,
+a validation inside the epoch) gets no epoch start from Lightning, and the states come back at
+its next batch start instead (before this, they came back only at the next epoch start, one
+epoch late). So a resume from any checkpoint equals the uninterrupted run, bit for bit on a CPU:
+``tests/integration/test_resume_exact.py`` (N epochs + resume M) and
+``tests/integration/test_resume_mid_epoch.py`` (from a step checkpoint inside an epoch or at its
+last step, K = 1 and K > 1).
 
 The data module's generators need no saving: ``IndexBatchLoader`` reseeds its order and its
 transform noise (dynamic binarization, dequantization, flips) from ``(data.seed, epoch)`` at each
-epoch start, and Lightning restores the epoch; ``ckpt_path=last`` checks that ``data.seed`` is the
-same. All states are stored as tensors and lists of ints, so checkpoints load with
-``weights_only=True``.
+epoch start, and Lightning restores the epoch; inside an epoch, Lightning also restores the
+loader's position (``IndexBatchLoader.state_dict``), and the loader replays the noise of the
+minibatches it skips. ``ckpt_path=last`` checks that ``data.seed`` is the same. All states are
+stored as tensors, ints and lists of ints, so checkpoints load with ``weights_only=True``.
 """
 
 from __future__ import annotations
@@ -82,6 +89,7 @@ class ResumeState(L.Callback):
     def __init__(self, job_num: int | None = None) -> None:
         self.job_num = job_num
         self._pending: dict[str, Any] | None = None
+        self._check_epoch_count = False
 
     @property
     def state_key(self) -> str:
@@ -91,14 +99,45 @@ class ResumeState(L.Callback):
         return {"rng": collect_rng_states(), "job_num": self.job_num}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        # Applied at the next epoch start, not now: the sanity check and on_train_start hooks
-        # run in between on resume but not at this point of the saved run.
+        # Applied at the next epoch or batch start, not now: the sanity check and on_train_start
+        # hooks run in between on resume but not at this point of the saved run.
         self._pending = state_dict.get("rng")
+        self._check_epoch_count = True
 
-    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+    def _restore(self) -> None:
         if self._pending is not None:
             restore_rng_states(self._pending)
             self._pending = None
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._restore()
+
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        # A restart inside an epoch skips on_train_epoch_start (Lightning's FitLoop); nothing
+        # that draws runs between a training batch's fetch and this hook.
+        self._restore()
+        if self._check_epoch_count:
+            self._check_epoch_count = False
+            _count_the_started_epoch(trainer)
+
+
+def _count_the_started_epoch(trainer: L.Trainer) -> None:
+    """Count the start of the epoch in progress where Lightning 2.6 has not.
+
+    Restarted from a checkpoint written at the last batch of an epoch (``on_train_batch_end``, a
+    step-based ``ModelCheckpoint``), the FitLoop marks that epoch done and trains the next one
+    without counting its start (``epoch_progress`` ``ready``/``started``; nor does it call
+    ``on_train_epoch_start``). The checkpoints of that run then say that no epoch is in progress,
+    and a resume from one of them trained no batch at all in the epoch it should have continued
+    (found with ``tests/integration/test_resume_mid_epoch.py``). During an epoch, ``started``
+    is always ``processed + 1``; this puts it back.
+    """
+    progress = trainer.fit_loop.epoch_progress
+    if progress.current.started == progress.current.processed:
+        progress.increment_ready()
+        progress.increment_started()
 
 
 class LastCheckpoint(ModelCheckpoint):
