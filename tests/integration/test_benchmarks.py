@@ -54,6 +54,13 @@ def test_epoch_speed_reports_every_ratio(fake_mnist: Path, tmp_path: Path) -> No
     per_step = d["batch"]["20"]["vaelab"]["ms_per_step"]
     assert abs(full - per_step * 3280 * 2980 / 3.6e6) < 0.01
     assert d["ll_images"] == 20 and d["ll_k"] == 10 and d["ll_seconds"] >= 0  # rounded to 0.01 s
+    # The README's tables are rendered from such a file: one row per batch size and arm.
+    table = run_benchmark("speed_table.py", [str(out)], tmp_path)
+    assert table.returncode == 0, table.stderr[-3000:]
+    lines = table.stdout.splitlines()
+    assert len(lines) == 2 + 2 * 5
+    assert "`k1` (module.check_grads=true)" in table.stdout
+    assert f"| {d['batch']['20']['vaelab']['ms_per_step']:.2f} |" in table.stdout
 
 
 def test_flow_speed_runs(fake_mnist: Path, tmp_path: Path) -> None:
