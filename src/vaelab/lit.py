@@ -289,9 +289,48 @@ class GenerativeModule(L.LightningModule):
         if direct is None:
             direct = self.__dict__["_direct_steps"] = self._step_hooks_are_no_ops(opt)
         raw = opt.optimizer
+        first_step = self.global_step
+        try:
+            completed = self._take_steps(xs, opt, raw, direct, step_scheds, max_steps)
+        finally:
+            # Lightning labels epoch-level rows (val/*, test/*, LearningRateMonitor's) with its
+            # count of batches that stepped, ``+1`` after each batch; a block of K steps is one
+            # batch, so that count would lag the optimizer step K-fold. Adding the block's other
+            # steps keeps it equal to what K = 1 has at the same point (global_step after the
+            # batch, global_step - 1 during its hooks and checkpoints, as Lightning saves it).
+            # Private to Lightning (no public setter); tested against K = 1's rows.
+            taken = self.global_step - first_step
+            if taken > 1:
+                t.fit_loop.epoch_loop._batches_that_stepped += taken - 1
+        if not completed:
+            return  # stopped by trainer.max_steps inside the block
+        # Lightning steps per-epoch schedulers only under automatic optimization, after the
+        # epoch's last batch and before its on_train_batch_end; so here, not at the epoch end: a
+        # checkpoint written at the epoch's last step (a step-based ModelCheckpoint) then holds
+        # the stepped scheduler with K > 1 as with K = 1, and a resume from it, which does not
+        # run that epoch's end again, keeps the schedule.
+        if (
+            batch_idx + 1 >= t.num_training_batches
+            or t.fit_loop.epoch_loop.batch_progress.is_last_batch
+        ):
+            for c in t.lr_scheduler_configs:
+                if c.interval == "epoch":
+                    c.scheduler.step()
+
+    def _take_steps(
+        self,
+        xs: Tensor,
+        opt: Any,
+        raw: torch.optim.Optimizer,
+        direct: bool,
+        step_scheds: list[Any],
+        max_steps: int,
+    ) -> bool:
+        """The optimizer steps of one block (``_training_block``); False if ``max_steps`` cut
+        the block short."""
         for x in xs:
             if 0 <= max_steps <= self.global_step:
-                return  # trainer.max_steps: stop at the exact step, not at the block's end
+                return False  # trainer.max_steps: stop at the exact step, not at the block's end
             loss = self._loss_and_log(x)
             if direct:
                 # What manual_backward + opt.step() do here, without dispatching hooks that no
@@ -308,18 +347,7 @@ class GenerativeModule(L.LightningModule):
                 opt.step()
             for sched in step_scheds:
                 sched.step()
-        # Lightning steps per-epoch schedulers only under automatic optimization, after the
-        # epoch's last batch and before its on_train_batch_end; so here, not at the epoch end: a
-        # checkpoint written at the epoch's last step (a step-based ModelCheckpoint) then holds
-        # the stepped scheduler with K > 1 as with K = 1, and a resume from it, which does not
-        # run that epoch's end again, keeps the schedule.
-        if (
-            batch_idx + 1 >= t.num_training_batches
-            or t.fit_loop.epoch_loop.batch_progress.is_last_batch
-        ):
-            for c in t.lr_scheduler_configs:
-                if c.interval == "epoch":
-                    c.scheduler.step()
+        return True
 
     def _step_hooks_are_no_ops(self, opt: Any) -> bool:
         """Whether the K-step block may run backward and the optimizer step directly.

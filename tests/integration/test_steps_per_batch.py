@@ -86,6 +86,28 @@ def test_k_steps_per_batch_equal_k1_bitwise_with_an_epoch_schedule(
     _assert_same(k1, k3)
 
 
+def _val_rows(tmp_path: Path, name: str) -> list[dict]:
+    with open(tmp_path / name / "run" / "csv" / "metrics.csv") as f:
+        return [
+            {"step": r["step"], "epoch": r["epoch"], "val/nll": r["val/nll"]}
+            for r in csv.DictReader(f)
+            if r.get("val/nll")
+        ]
+
+
+def test_validation_rows_are_labelled_with_the_optimizer_step_as_with_k1(
+    fake_mnist: Path, tmp_path: Path
+) -> None:
+    # Lightning labels epoch-level rows (val/*, and LearningRateMonitor's) with its count of
+    # batches that stepped; with K > 1 that would be the count of blocks (step 3 for 10 steps).
+    extra = ["trainer.max_epochs=2"]
+    _run(tmp_path, fake_mnist, "k1", extra)
+    _run(tmp_path, fake_mnist, "k3", [*extra, "module.steps_per_batch=3"])
+    k1, k3 = _val_rows(tmp_path, "k1"), _val_rows(tmp_path, "k3")
+    assert [r["epoch"] for r in k1] == ["0", "1"]
+    assert k1 == k3
+
+
 class CountsStepHooks(Callback):
     """Counts the per-optimizer-step hooks Lightning dispatches to callbacks."""
 
