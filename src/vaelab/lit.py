@@ -95,7 +95,8 @@ class GenerativeModule(L.LightningModule):
             (``manual_backward``, ``LightningOptimizer.step``) is skipped too when no callback,
             module, profiler, strategy or loss scaler needs it (``_step_hooks_are_no_ops``). The
             minibatches, the noise, the parameters after every step, the ``train/*`` rows (each
-            under the step that computed it), the LR scheduler (per step or per epoch), mixed
+            under the step that computed it; val/* and test/* rows under the same steps as with
+            K = 1), the LR scheduler (per step or per epoch), mixed
             precision, ``check_grads`` and the NaN stop (at the exact step, before its backward
             pass) are the same as with ``K = 1``; ``trainer.max_steps`` stops at the exact step.
             A resume is exact as with ``K = 1``, from an epoch-end checkpoint and from one written
