@@ -6,7 +6,8 @@ restores (``IndexBatchLoader.state_dict``), and the global RNG state, which is t
 rank (all are seeded alike and draw alike). So 2 epochs straight and the same run stopped at step 3
 of epoch 0 (5 steps an epoch) and resumed from its step-based checkpoint end with the same weights.
 On the code before the stateful loader (484b13b) the resumed weights differed (first encoder
-weight -0.0078 against -0.0066): each rank restarted epoch 0 at its first minibatch.
+weight -0.0078 against -0.0066; without a stateful loader Lightning restarts the epoch's loader at its
+first minibatch, as the single-process tests in test_resume_mid_epoch.py show).
 """
 
 from __future__ import annotations
