@@ -57,6 +57,14 @@ _NVML_CHECK = "PYTORCH_NVML_BASED_CUDA_CHECK"
 
 # The hooks Lightning's manual_backward and LightningOptimizer.step dispatch at every optimizer step.
 _STEP_HOOKS = ("on_before_backward", "on_after_backward", "on_before_optimizer_step")
+# LightningModule hooks that only automatic optimization calls.
+_AUTOMATIC_ONLY_HOOKS = (
+    "optimizer_step",
+    "optimizer_zero_grad",
+    "configure_gradient_clipping",
+    "lr_scheduler_step",
+    "on_before_zero_grad",
+)
 
 OptimizerFactory = Callable[[Iterable[torch.nn.Parameter]], torch.optim.Optimizer]
 SchedulerFactory = Callable[[torch.optim.Optimizer], Any]
@@ -139,6 +147,7 @@ class GenerativeModule(L.LightningModule):
         self.compile = bool(compile)
         self._train_forward: Callable[[Tensor], Terms] | None = None
         self._direct_steps: bool | None = None  # decided at the first K-step block of a fit
+        self._single_step_blocks = False  # K = 1 trained through one-step blocks (setup)
         self.model = model
         self.optimizer_factory = optimizer or functools.partial(torch.optim.Adam, lr=1e-3)
         self.scheduler_factory = scheduler
@@ -187,6 +196,8 @@ class GenerativeModule(L.LightningModule):
             self.model.init_from_data(dm.train_mean())
         if stage == "fit" and self.steps_per_batch > 1:
             self._setup_step_blocks(dm)
+        elif stage == "fit":
+            self._setup_single_step_blocks()
 
     def _setup_step_blocks(self, dm: Any) -> None:
         """Check what ``steps_per_batch > 1`` can keep, refuse the rest, switch to K-step blocks.
@@ -230,6 +241,29 @@ class GenerativeModule(L.LightningModule):
         dm.steps_per_batch = k
         self.automatic_optimization = False
 
+    def _setup_single_step_blocks(self) -> None:
+        """With K = 1, train through the same block of steps (one minibatch a block) when it is
+        exactly what Lightning's automatic optimization would do, only without its per-step loop
+        machinery (7-15 % of a small model's CPU step at batch 20, ``benchmarks/k1_manual_ab.py``):
+        one device, no gradient clipping or accumulation, no loss scaler or profiler, and no
+        callback or module hook that only automatic optimization calls (``on_before_zero_grad``,
+        ``optimizer_step``, ...) or that the block would skip (``_step_hooks_are_no_ops``).
+        Otherwise automatic optimization runs, as before. ``on_fit_start`` goes back to it for a
+        ``ReduceLROnPlateau`` scheduler, and ``on_train_start`` carries the optimizer-step count
+        over when a checkpoint of the other mode is resumed."""
+        t = self.trainer
+        if t.gradient_clip_val or t.accumulate_grad_batches != 1 or t.world_size != 1:
+            return
+        for cb in t.callbacks:
+            if type(cb).on_before_zero_grad is not L.Callback.on_before_zero_grad:
+                return
+        for h in _AUTOMATIC_ONLY_HOOKS:
+            if getattr(type(self), h) is not getattr(L.LightningModule, h):
+                return
+        if self._step_hooks_are_no_ops(None):
+            self.automatic_optimization = False
+            self.__dict__["_single_step_blocks"] = True
+
     def on_fit_start(self) -> None:
         self.__dict__["_direct_steps"] = None
         if self.device.type == "cpu" and os.environ.get(_NVML_CHECK) == "1":
@@ -237,11 +271,30 @@ class GenerativeModule(L.LightningModule):
         if not self.automatic_optimization:
             for config in self.trainer.lr_scheduler_configs:
                 if isinstance(config.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+                    if self.__dict__.get("_single_step_blocks"):
+                        self.automatic_optimization = True  # Lightning steps it with the metric
+                        self.__dict__["_single_step_blocks"] = False
+                        break
                     raise ValueError(
                         f"module.steps_per_batch={self.steps_per_batch} cannot drive "
                         "ReduceLROnPlateau (it waits for a metric Lightning reports per batch); "
                         "use another scheduler or module.steps_per_batch=1"
                     )
+
+    def on_train_start(self) -> None:
+        # Lightning counts optimizer steps separately under automatic and manual optimization
+        # (global_step reads the active mode's counter), so a checkpoint written under one mode
+        # and resumed under the other would restart global_step at 0 (e.g. a K = 1 run resumed
+        # with gradient clipping added, or a checkpoint of a vaelab version that trained K = 1
+        # automatically). The loops are restored by now; carry the larger count over. Private to
+        # Lightning (no public setter); tested across both directions.
+        loop = self.trainer.fit_loop.epoch_loop
+        auto = loop.automatic_optimization.optim_progress.optimizer.step
+        manual = loop.manual_optimization.optim_step_progress
+        active, other = (auto, manual) if self.automatic_optimization else (manual, auto)
+        if other.total.completed > active.total.completed:
+            active.total.ready = other.total.ready
+            active.total.completed = other.total.completed
 
     def teardown(self, stage: str) -> None:
         value = self.__dict__.pop("_nvml_check", None)
@@ -261,8 +314,9 @@ class GenerativeModule(L.LightningModule):
     # -- training ------------------------------------------------------------------------------
     def training_step(self, x: Tensor, batch_idx: int) -> Tensor | None:
         if not self.automatic_optimization:
-            self._training_block(x, batch_idx)
-            return None
+            # The last step's loss, as automatic optimization hands callbacks
+            # (on_train_batch_end's outputs["loss"]).
+            return self._training_block(x if self.steps_per_batch > 1 else x[None], batch_idx)
         return self._loss_and_log(x)
 
     def _loss_and_log(self, x: Tensor) -> Tensor:
@@ -279,7 +333,7 @@ class GenerativeModule(L.LightningModule):
             self._log_training_terms(step, loss, terms)
         return loss
 
-    def _training_block(self, xs: Tensor, batch_idx: int) -> None:
+    def _training_block(self, xs: Tensor, batch_idx: int) -> Tensor | None:
         """K optimizer steps on the minibatches ``xs`` (K, B, ...), exactly as K batches of
         automatic optimization would take them (zero_grad, backward, hooks, step, scheduler)."""
         opt = self.optimizers()
@@ -292,7 +346,7 @@ class GenerativeModule(L.LightningModule):
         raw = opt.optimizer
         first_step = self.global_step
         try:
-            completed = self._take_steps(xs, opt, raw, direct, step_scheds, max_steps)
+            completed, loss = self._take_steps(xs, opt, raw, direct, step_scheds, max_steps)
         finally:
             # Lightning labels epoch-level rows (val/*, test/*, LearningRateMonitor's) with its
             # count of batches that stepped, ``+1`` after each batch; a block of K steps is one
@@ -304,7 +358,7 @@ class GenerativeModule(L.LightningModule):
             if taken > 1:
                 t.fit_loop.epoch_loop._batches_that_stepped += taken - 1
         if not completed:
-            return  # stopped by trainer.max_steps inside the block
+            return loss  # stopped by trainer.max_steps inside the block
         # Lightning steps per-epoch schedulers only under automatic optimization, after the
         # epoch's last batch and before its on_train_batch_end; so here, not at the epoch end: a
         # checkpoint written at the epoch's last step (a step-based ModelCheckpoint) then holds
@@ -317,6 +371,7 @@ class GenerativeModule(L.LightningModule):
             for c in t.lr_scheduler_configs:
                 if c.interval == "epoch":
                     c.scheduler.step()
+        return loss
 
     def _take_steps(
         self,
@@ -326,12 +381,13 @@ class GenerativeModule(L.LightningModule):
         direct: bool,
         step_scheds: list[Any],
         max_steps: int,
-    ) -> bool:
-        """The optimizer steps of one block (``_training_block``); False if ``max_steps`` cut
-        the block short."""
+    ) -> tuple[bool, Tensor | None]:
+        """The optimizer steps of one block (``_training_block``): False if ``max_steps`` cut
+        the block short, and the last step's loss (detached)."""
+        last = None
         for x in xs:
             if 0 <= max_steps <= self.global_step:
-                return False  # trainer.max_steps: stop at the exact step, not at the block's end
+                return False, last  # trainer.max_steps: stop at the exact step, not at the end
             loss = self._loss_and_log(x)
             if direct:
                 # What manual_backward + opt.step() do here, without dispatching hooks that no
@@ -348,7 +404,8 @@ class GenerativeModule(L.LightningModule):
                 opt.step()
             for sched in step_scheds:
                 sched.step()
-        return True
+            last = loss.detach()
+        return True, last
 
     def _step_hooks_are_no_ops(self, opt: Any) -> bool:
         """Whether the K-step block may run backward and the optimizer step directly.
@@ -380,6 +437,8 @@ class GenerativeModule(L.LightningModule):
         for h in ("backward", "on_before_backward", "on_after_backward"):
             if getattr(type(self), h) is not getattr(L.LightningModule, h):
                 return False
+        if opt is None:  # asked before the optimizers exist (K = 1 blocks, setup)
+            return True
         return all(callable(getattr(opt, a, None)) for a in ("_on_before_step", "_on_after_step"))
 
     @property

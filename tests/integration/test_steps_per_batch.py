@@ -45,6 +45,7 @@ def _run(tmp_path: Path, data: Path, name: str, extra: list[str]) -> tuple[dict,
         "lr": [g["lr"] for g in objects["trainer"].optimizers[0].param_groups],
         "opt": objects["trainer"].optimizers[0].state_dict(),
         "direct": objects["module"]._direct_steps,
+        "automatic": objects["module"].automatic_optimization,
         "callbacks": objects["trainer"].callbacks,
     }
     return state, rows, info
@@ -288,3 +289,65 @@ def test_resume_at_an_epoch_end_with_k_blocks_reproduces_the_uninterrupted_run(
     for k in sw:
         assert torch.equal(sw[k], sr[k]), k
     assert [r for r in rw if int(r["step"]) >= 10] == rr  # the second epoch's rows, identical
+
+
+class CountsZeroGrad(Callback):
+    """Overrides ``on_before_zero_grad``, a hook only automatic optimization calls: with it, K = 1
+    keeps Lightning's automatic optimization."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def on_before_zero_grad(self, trainer, module, optimizer) -> None:
+        self.calls += 1
+
+
+ZERO_GRAD = "+callbacks.zg._target_=tests.integration.test_steps_per_batch.CountsZeroGrad"
+
+
+def test_k1_runs_as_one_step_blocks_equal_to_automatic_optimization(
+    fake_mnist: Path, tmp_path: Path
+) -> None:
+    extra = [
+        "trainer.max_epochs=2",
+        "scheduler=null",
+        "+scheduler._target_=vaelab.optim.iwae_schedule",
+        "+scheduler._partial_=true",
+    ]
+    blocks = _run(tmp_path, fake_mnist, "blocks", extra)
+    auto = _run(tmp_path, fake_mnist, "auto", [*extra, ZERO_GRAD])
+    assert blocks[2]["automatic"] is False and blocks[2]["direct"] is True
+    assert auto[2]["automatic"] is True
+    (counter,) = [c for c in auto[2]["callbacks"] if type(c).__name__ == "CountsZeroGrad"]
+    assert counter.calls == 20  # the automatic-only hook still runs at every step
+    _assert_same(blocks, auto)
+    assert _val_rows(tmp_path, "blocks") == _val_rows(tmp_path, "auto")
+
+
+@pytest.mark.parametrize("first_automatic", [True, False])
+def test_a_resume_across_optimization_modes_keeps_the_step_count(
+    first_automatic: bool, fake_mnist: Path, tmp_path: Path
+) -> None:
+    # Lightning counts steps per mode: without carrying the count over, global_step restarted at 0
+    # (the resumed run trained 2 more epochs from "step 0" and its rows were labelled 0-9 again).
+    straight = _run(tmp_path, fake_mnist, "straight", ["trainer.max_epochs=2"])
+    one, two = ([ZERO_GRAD], []) if first_automatic else ([], [ZERO_GRAD])
+    _run(tmp_path, fake_mnist, "first", ["trainer.max_epochs=1", *one])
+    last = tmp_path / "first" / "run" / "checkpoints" / "last.ckpt"
+    resumed = _run(
+        tmp_path, fake_mnist, "resumed", ["trainer.max_epochs=2", f"ckpt_path={last}", *two]
+    )
+    assert resumed[2]["automatic"] is not first_automatic
+    assert resumed[2]["global_step"] == 20
+    assert [r["step"] for r in resumed[1]] == [str(s) for s in range(10, 20)]
+    for k, v in straight[0].items():
+        assert torch.equal(v, resumed[0][k]), k
+
+
+def test_k1_keeps_automatic_optimization_where_blocks_cannot_clip(
+    fake_mnist: Path, tmp_path: Path
+) -> None:
+    clipped = _run(
+        tmp_path, fake_mnist, "clip", ["trainer.max_epochs=1", "trainer.gradient_clip_val=1.0"]
+    )
+    assert clipped[2]["automatic"] is True
