@@ -1,13 +1,11 @@
-"""Experiment: what running K = 1 through the manual K-step block would buy (not a vaelab option).
+"""Ablation: what training K = 1 through one-step blocks buys over Lightning's automatic loop.
 
-``vaelab-train`` with ``module.steps_per_batch=1`` (the default) trains under Lightning's automatic
-optimization. This script patches ``GenerativeModule`` so that, in alternate epochs, K = 1 goes
-through the manual block instead (``_training_block`` on a block of one minibatch, with its direct
-path), and prints the median over epochs of each. Same model, data and seed in both; the numbers
-are the same (the block is bitwise-equal to automatic optimization, tests/integration/
-test_steps_per_batch.py). Why it is not the default: see README "Speed" (a checkpoint written
-under one optimization mode and resumed under the other restarts Lightning's step count, and
-gradient clipping, accumulation and DDP need the automatic loop).
+``vaelab-train`` with ``module.steps_per_batch=1`` (the default) trains through one-step blocks
+(manual optimization, the direct step path) where that is exactly what automatic optimization
+does (``GenerativeModule._setup_single_step_blocks``). This script alternates epochs between that
+default and the same run put back on Lightning's automatic optimization (patched after ``setup``),
+and prints the median over epochs of each. Same model, data and seed in both; the numbers are
+the same (``test_k1_runs_as_one_step_blocks_equal_to_automatic_optimization``).
 
     OMP_NUM_THREADS=1 python benchmarks/k1_manual_ab.py --batch-size 20 --reps 6
 """
@@ -34,30 +32,24 @@ def main() -> None:
     p.add_argument("--data-dir", default=os.environ.get("VAELAB_DATA_DIR", "../shared/data"))
     args = p.parse_args()
 
-    manual = [False]
-    setup, training_step = GenerativeModule.setup, GenerativeModule.training_step
+    automatic = [False]
+    setup = GenerativeModule.setup
 
     def patched_setup(self, stage):
         setup(self, stage)
-        if stage == "fit" and manual[0]:
-            self.automatic_optimization = False
-
-    def patched_training_step(self, x, batch_idx):
-        if not self.automatic_optimization and self.steps_per_batch == 1:
-            self._training_block(x[None], batch_idx)
-            return None
-        return training_step(self, x, batch_idx)
+        if stage == "fit" and automatic[0]:
+            self.automatic_optimization = True
+            self.__dict__["_single_step_blocks"] = False
 
     GenerativeModule.setup = patched_setup
-    GenerativeModule.training_step = patched_training_step
     ns = argparse.Namespace(
         model="vae", experiment=None, data_dir=args.data_dir, device="cpu", seed=0, overrides=[]
     )
     data = epoch_speed.load_train(args.data_dir, args.train_images)
-    res: dict[str, list[tuple[float, float]]] = {"automatic": [], "manual block": []}
+    res: dict[str, list[tuple[float, float]]] = {"automatic": [], "one-step blocks": []}
     for _ in range(args.reps):
         for mode in res:
-            manual[0] = mode == "manual block"
+            automatic[0] = mode == "automatic"
             cfg = epoch_speed.compose_cfg(ns, args.batch_size, Path(tempfile.mkdtemp()), [])
             wall, steps, _, n = run_vaelab_epoch(cfg, data)
             res[mode].append((1e3 * wall / n, 1e3 * statistics.median(steps)))

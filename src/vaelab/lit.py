@@ -114,7 +114,10 @@ class GenerativeModule(L.LightningModule):
             ``limit_train_batches`` and ``val_check_interval`` (as a count) then count blocks of
             K steps. Refused with a message (they cannot be kept): gradient clipping and
             accumulation, more than one process (DDP), ``ReduceLROnPlateau``, and step-based
-            checkpoints whose interval is not a multiple of K.
+            checkpoints whose interval is not a multiple of K. With ``K = 1`` (the default) the
+            same block runs with one minibatch, under manual optimization, where that is exactly
+            what Lightning's automatic optimization does (``_setup_single_step_blocks``), and
+            automatic optimization runs otherwise.
         compile: compile the model's training forward pass with ``torch.compile`` (inductor);
             evaluation stays eager. The first steps pay the compilation (about a minute on a
             CPU).
