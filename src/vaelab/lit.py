@@ -265,18 +265,18 @@ class GenerativeModule(L.LightningModule):
                 return
         if self._step_hooks_are_no_ops(None):
             self.automatic_optimization = False
-            self.__dict__["_single_step_blocks"] = True
+            self._single_step_blocks = True
 
     def on_fit_start(self) -> None:
-        self.__dict__["_direct_steps"] = None
+        self._direct_steps = None
         if self.device.type == "cpu" and os.environ.get(_NVML_CHECK) == "1":
             self._nvml_check = os.environ.pop(_NVML_CHECK)  # see _NVML_CHECK
         if not self.automatic_optimization:
             for config in self.trainer.lr_scheduler_configs:
                 if isinstance(config.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-                    if self.__dict__.get("_single_step_blocks"):
+                    if self._single_step_blocks:
                         self.automatic_optimization = True  # Lightning steps it with the metric
-                        self.__dict__["_single_step_blocks"] = False
+                        self._single_step_blocks = False
                         break
                     raise ValueError(
                         f"module.steps_per_batch={self.steps_per_batch} cannot drive "
@@ -345,7 +345,7 @@ class GenerativeModule(L.LightningModule):
         max_steps = t.max_steps
         direct = self._direct_steps
         if direct is None:
-            direct = self.__dict__["_direct_steps"] = self._step_hooks_are_no_ops(opt)
+            direct = self._direct_steps = self._step_hooks_are_no_ops(opt)
         raw = opt.optimizer
         first_step = self.global_step
         try:
