@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from tests.conftest import compose_train
+from tests.helpers.training import extra_callbacks
 from vaelab import train as train_mod
 from vaelab.utils import read_checkpoint
 
@@ -41,18 +42,8 @@ def run(overrides: list[str], tmp: Path, data: Path, out: str, log_dir: Path | N
     if log_dir is not None:
         cfg.paths.log_dir, cfg.task_name = str(log_dir.parent), log_dir.name
     draws = DrawFromEveryStream()
-    real_build = train_mod.build
-
-    def build(c):
-        objects = real_build(c)
-        objects["trainer"].callbacks.append(draws)
-        return objects
-
-    train_mod.build = build
-    try:
+    with extra_callbacks(draws):
         _, objects = train_mod.train(cfg)
-    finally:
-        train_mod.build = real_build
     return objects, draws.draws
 
 

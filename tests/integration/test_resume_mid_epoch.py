@@ -33,6 +33,7 @@ import pytest
 import torch
 
 from tests.conftest import compose_train
+from tests.helpers.training import extra_callbacks
 from vaelab import train as train_mod
 
 BASE = [
@@ -83,20 +84,9 @@ class KillAt(L.Callback):
 def _run(tmp: Path, data: Path, name: str, extra: list[str], kill_at: int | None = None) -> dict:
     cfg = compose_train([*BASE, *extra], tmp / name, data)
     record = Record()
-    real_build = train_mod.build
-
-    def build(c):
-        objects = real_build(c)
-        objects["trainer"].callbacks.append(record)
-        if kill_at is not None:
-            objects["trainer"].callbacks.append(KillAt(kill_at))
-        return objects
-
-    train_mod.build = build
-    try:
+    killer = [] if kill_at is None else [KillAt(kill_at)]
+    with extra_callbacks(record, *killer):
         _, objects = train_mod.train(cfg)
-    finally:
-        train_mod.build = real_build
     with open(tmp / name / "run" / "csv" / "metrics.csv") as f:
         rows = list(csv.DictReader(f))
     trainer = objects["trainer"]

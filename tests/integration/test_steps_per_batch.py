@@ -17,6 +17,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 from tests.conftest import compose_train
+from tests.helpers.training import extra_callbacks
 from vaelab.lit import NonFiniteError
 from vaelab.train import train
 
@@ -31,6 +32,12 @@ BASE = [
     "model.latent_dim=4",
     "callbacks.model_checkpoint.monitor=null",
     "~callbacks.images",
+]
+# The IWAE learning-rate schedule (per epoch: the LR drops after epoch 0).
+IWAE_SCHEDULE = [
+    "scheduler=null",
+    "+scheduler._target_=vaelab.optim.iwae_schedule",
+    "+scheduler._partial_=true",
 ]
 
 
@@ -73,12 +80,7 @@ def test_k_steps_per_batch_equal_k1_bitwise_with_an_epoch_schedule(
     fake_mnist: Path, tmp_path: Path
 ) -> None:
     # The IWAE schedule (per epoch: lr drops after epoch 0), two epochs of 10 steps.
-    extra = [
-        "trainer.max_epochs=2",
-        "scheduler=null",
-        "+scheduler._target_=vaelab.optim.iwae_schedule",
-        "+scheduler._partial_=true",
-    ]
+    extra = ["trainer.max_epochs=2", *IWAE_SCHEDULE]
     k1 = _run(tmp_path, fake_mnist, "k1", extra)
     k3 = _run(tmp_path, fake_mnist, "k3", [*extra, "module.steps_per_batch=3"])
     assert k1[2]["global_step"] == 20 and len(k1[1]) == 20
@@ -188,21 +190,11 @@ def test_nan_stops_at_the_exact_step_inside_a_block(fake_mnist: Path, tmp_path: 
     cfg = compose_train(
         [*BASE, "trainer.max_epochs=2", "module.steps_per_batch=4"], tmp_path, fake_mnist
     )
-    from vaelab import train as train_mod
-
-    real_build = train_mod.build
-
-    def build_with_poison(c):
-        objs = real_build(c)
-        objs["trainer"].callbacks.append(PoisonAt(step=6))  # the 3rd step of the 2nd block
-        return objs
-
-    train_mod.build = build_with_poison
-    try:
-        with pytest.raises(NonFiniteError, match=r"training loss is nan at global step 6 \("):
-            train(cfg)
-    finally:
-        train_mod.build = real_build
+    with (
+        extra_callbacks(PoisonAt(step=6)),  # the 3rd step of the 2nd block
+        pytest.raises(NonFiniteError, match=r"training loss is nan at global step 6 \("),
+    ):
+        train(cfg)
 
 
 @pytest.mark.parametrize(
@@ -308,12 +300,7 @@ ZERO_GRAD = "+callbacks.zg._target_=tests.integration.test_steps_per_batch.Count
 def test_k1_runs_as_one_step_blocks_equal_to_automatic_optimization(
     fake_mnist: Path, tmp_path: Path
 ) -> None:
-    extra = [
-        "trainer.max_epochs=2",
-        "scheduler=null",
-        "+scheduler._target_=vaelab.optim.iwae_schedule",
-        "+scheduler._partial_=true",
-    ]
+    extra = ["trainer.max_epochs=2", *IWAE_SCHEDULE]
     blocks = _run(tmp_path, fake_mnist, "blocks", extra)
     auto = _run(tmp_path, fake_mnist, "auto", [*extra, ZERO_GRAD])
     assert blocks[2]["automatic"] is False and blocks[2]["direct"] is True

@@ -13,6 +13,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 from tests.conftest import REPO, compose_train
+from tests.helpers.training import extra_callbacks
 from vaelab.lit import NonFiniteError
 from vaelab.train import train
 from vaelab.utils import CheckpointError, read_checkpoint
@@ -87,23 +88,11 @@ def test_nan_stops_training_and_keeps_last_good_checkpoint(
     fake_mnist: Path, tmp_path: Path
 ) -> None:
     cfg = compose_train(["trainer.max_epochs=5"], tmp_path, fake_mnist)
-    from vaelab import train as train_mod
-
-    real_build = train_mod.build
-
-    def build_with_poison(c):
-        objs = real_build(c)
-        objs["trainer"].callbacks.append(PoisonAt(step=9))  # epoch 2 (4 batches per epoch)
-        return objs
-
-    train_mod.build = build_with_poison
-    try:
-        with pytest.raises(
-            NonFiniteError, match=r"global step 9 \(epoch 2\).*last good checkpoint"
-        ):
-            train(cfg)
-    finally:
-        train_mod.build = real_build
+    with (
+        extra_callbacks(PoisonAt(step=9)),  # epoch 2 (4 batches per epoch)
+        pytest.raises(NonFiniteError, match=r"global step 9 \(epoch 2\).*last good checkpoint"),
+    ):
+        train(cfg)
     last = tmp_path / "run" / "checkpoints" / "last.ckpt"
     ckpt = read_checkpoint(last)
     assert ckpt["epoch"] == 1 and ckpt["global_step"] == 8  # saved after epoch 1, untouched since
@@ -361,21 +350,11 @@ def test_nan_weights_are_never_checkpointed(fake_mnist: Path, tmp_path: Path) ->
         tmp_path,
         fake_mnist,
     )
-    from vaelab import train as train_mod
-
-    real_build = train_mod.build
-
-    def build_with_poison(c):
-        objs = real_build(c)
-        objs["trainer"].callbacks.insert(0, PoisonAfterLastStep(epoch=1))
-        return objs
-
-    train_mod.build = build_with_poison
-    try:
-        with pytest.raises(NonFiniteError, match=r"not finite.*before writing the checkpoint"):
-            train(cfg)
-    finally:
-        train_mod.build = real_build
+    with (
+        extra_callbacks(PoisonAfterLastStep(epoch=1), first=True),
+        pytest.raises(NonFiniteError, match=r"not finite.*before writing the checkpoint"),
+    ):
+        train(cfg)
     ckpt = read_checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt")
     assert ckpt["epoch"] == 0  # epoch 0's checkpoint, not overwritten by epoch 1's NaN weights
     assert all(

@@ -1,0 +1,32 @@
+"""Running ``vaelab.train.train`` with test callbacks added to the Trainer it builds."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import lightning as L
+
+from vaelab import train as train_mod
+
+
+@contextmanager
+def extra_callbacks(*callbacks: L.Callback, first: bool = False) -> Iterator[None]:
+    """While active, every Trainer that ``vaelab.train.build`` makes also gets ``callbacks``
+    (after vaelab's own, or before them with ``first=True``)."""
+    real_build = train_mod.build
+
+    def build(cfg):
+        objects = real_build(cfg)
+        cbs = objects["trainer"].callbacks
+        if first:
+            cbs[:0] = callbacks
+        else:
+            cbs.extend(callbacks)
+        return objects
+
+    train_mod.build = build
+    try:
+        yield
+    finally:
+        train_mod.build = real_build
