@@ -47,6 +47,28 @@ def test_dynamic_binarization_redraws_each_epoch(fake_mnist: Path) -> None:
     assert torch.equal(t1, t2) and set(t1.unique().tolist()) == {0.0, 1.0}
 
 
+def test_dynamic_binarize_is_a_bernoulli_draw_of_every_grey_level() -> None:
+    """``u < x / 255``: Bernoulli(x / 255) for each of the 256 levels, exact at 0 and 255."""
+    from vaelab.data.transforms import dynamic_binarize
+
+    x = torch.arange(256, dtype=torch.uint8).repeat(20_000, 1)  # (20000, 256): every level
+    g = torch.Generator().manual_seed(3)
+    y = dynamic_binarize(x, g)
+    assert y.dtype == torch.float32 and y.shape == x.shape
+    assert set(y.unique().tolist()) == {0.0, 1.0}
+    assert y[:, 0].sum() == 0 and y[:, 255].sum() == 20_000  # p = 0 never, p = 1 always fires
+    p = torch.arange(256) / 255.0
+    freq = y.mean(0).double()
+    se = (p * (1 - p) / 20_000).sqrt().clamp(min=1e-12)
+    assert ((freq - p).abs() / se).max() < 5  # every level within 5 standard errors
+    # Seeded: the same generator state gives the same draw; the next call a fresh one.
+    assert torch.equal(dynamic_binarize(x[:5], torch.Generator().manual_seed(3)), y[:5])
+    assert not torch.equal(dynamic_binarize(x, g), y)
+    # Pixels are independent: neighbouring levels' draws are uncorrelated.
+    c = torch.corrcoef(y[:, 100:102].T)[0, 1]
+    assert abs(c) < 0.03
+
+
 def test_static_and_threshold_binarization(fake_mnist: Path) -> None:
     s1, s2 = dm(fake_mnist, binarize="static"), dm(fake_mnist, binarize="static")
     assert torch.equal(s1.splits["train"], s2.splits["train"])  # one seeded draw
