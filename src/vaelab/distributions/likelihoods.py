@@ -50,7 +50,10 @@ class IndependentBernoulli(Independent):
             if value.shape != logits.shape:  # e.g. x (B, ...) against k samples' (k, B, ...)
                 logits, value = torch.broadcast_tensors(logits, value)
             bce = F.binary_cross_entropy_with_logits(logits, value, reduction="none")
-            return (-bce).flatten(-n).sum(-1)
+            # Negated after the sum, on (…,) rather than on every pixel: the same bits (a sum
+            # of negated terms is the negated sum, IEEE rounding is symmetric), one full-size
+            # op and its backward fewer.
+            return -bce.flatten(-n).sum(-1)
         logits = logits.flatten(-n)  # (…, D)
         value = value.flatten(-n)  # (…, D), broadcasts against logits
         with torch.autocast(logits.device.type, enabled=False):
