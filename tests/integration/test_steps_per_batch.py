@@ -111,6 +111,56 @@ def test_validation_rows_are_labelled_with_the_optimizer_step_as_with_k1(
     assert k1 == k3
 
 
+def _lr_rows(tmp_path: Path, name: str) -> list[tuple[str, str, str]]:
+    with open(tmp_path / name / "run" / "csv" / "metrics.csv") as f:
+        return [
+            (r["step"], r["epoch"], r["lr-Adam"]) for r in csv.DictReader(f) if r.get("lr-Adam")
+        ]
+
+
+LR_MONITOR = "+callbacks.lr._target_=lightning.pytorch.callbacks.LearningRateMonitor"
+
+
+def test_learning_rate_monitor_rows_are_labelled_as_with_k1(
+    fake_mnist: Path, tmp_path: Path
+) -> None:
+    # Per epoch (the IWAE schedule): the same rows under the same steps as K = 1 (before the
+    # block counter fix, epoch 1's row was labelled step 4 instead of 10).
+    extra = [
+        "trainer.max_epochs=2",
+        *IWAE_SCHEDULE,
+        LR_MONITOR,
+        "+callbacks.lr.logging_interval=epoch",
+    ]
+    k1 = _run(tmp_path, fake_mnist, "k1", extra)
+    k3 = _run(tmp_path, fake_mnist, "k3", [*extra, "module.steps_per_batch=3"])
+    assert k3[2]["direct"] is True  # a LearningRateMonitor needs no per-step hooks
+    rows = _lr_rows(tmp_path, "k1")
+    assert [r[0] for r in rows] == ["0", "10"] and rows[0][2] != rows[1][2]
+    assert _lr_rows(tmp_path, "k3") == rows
+    _assert_same(k1, k3)
+    # Per step (a step schedule, log_every_n_steps=1): Lightning calls the monitor once a batch,
+    # so K = 3 logs at each block's first step (0, 3, 6, 9, 10, 13, ...), each row equal to K = 1's
+    # row at that step.
+    extra = [
+        "trainer.max_epochs=2",
+        "scheduler=null",
+        "+scheduler._target_=torch.optim.lr_scheduler.StepLR",
+        "+scheduler._partial_=true",
+        "+scheduler.step_size=2",
+        "+scheduler.gamma=0.5",
+        "module.scheduler_interval=step",
+        LR_MONITOR,
+        "+callbacks.lr.logging_interval=step",
+    ]
+    _run(tmp_path, fake_mnist, "s1", extra)
+    _run(tmp_path, fake_mnist, "s3", [*extra, "module.steps_per_batch=3"])
+    s1, s3 = _lr_rows(tmp_path, "s1"), _lr_rows(tmp_path, "s3")
+    assert [r[0] for r in s1] == [str(i) for i in range(20)]
+    assert [r[0] for r in s3] == ["0", "3", "6", "9", "10", "13", "16", "19"]
+    assert set(s3) <= set(s1)
+
+
 class CountsStepHooks(Callback):
     """Counts the per-optimizer-step hooks Lightning dispatches to callbacks."""
 
