@@ -43,7 +43,7 @@ from pathlib import Path
 import torch
 from handwritten import run_epoch as run_hand  # benchmarks/ is on sys.path
 from hydra import compose, initialize_config_dir
-from timing import run_plain_lightning, run_vaelab_epoch
+from timing import run_plain_lightning, run_vaelab_epoch, settle
 
 from vaelab.config import config_dir
 from vaelab.data.transforms import dynamic_binarize
@@ -266,8 +266,10 @@ def main() -> None:
             runs["plain_lightning"] = []
         for _ in range(args.reps):
             with plain_pytorch_environment():
+                settle()  # the previous arms' garbage is not this arm's cost
                 runs["hand"].append(run_hand(data, layers, bs, lr, args.seed, device))
                 if not args.no_bare:
+                    settle()
                     runs["bare"].append(run_bare(cfg, data, device))
             runs["vaelab"].append(run_vaelab_epoch(cfg, data))
             for name, c in cfgs.items():

@@ -33,7 +33,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import DictConfig
-from timing import Timing, run_vaelab  # benchmarks/ is on sys.path
+from timing import Timing, run_vaelab, settle  # benchmarks/ is on sys.path
 
 from vaelab.config import config_dir
 
@@ -145,6 +145,7 @@ def main() -> None:
     bare: list[Timing] = []
     lab: list[Timing] = []
     for _ in range(args.reps):
+        settle()  # the previous vaelab run's garbage is not the bare loop's cost
         bare.append(run_bare(cfg, data, device, args.precision))
         lab.append(run_vaelab(cfg, data))
     bare_wall, lab_wall = [t[0] for t in bare], [t[0] for t in lab]
