@@ -98,31 +98,45 @@ def plain_pytorch_environment():
             os.environ["PYTORCH_NVML_BASED_CUDA_CHECK"] = saved
 
 
-def run_bare(cfg, data: torch.Tensor, device: torch.device):
-    """vaelab's model and optimizer in a plain PyTorch loop (vaelab's binarization of uint8)."""
-    from hydra.utils import instantiate
+class BareLoop:
+    """vaelab's model and optimizer (``instantiate(cfg.model)``, ``cfg.optimizer``) in a plain
+    PyTorch loop, one optimizer step per ``step(i)``, on vaelab's dynamic binarization of the uint8
+    images (``i`` modulo ``num_batches``, as in ``handwritten.HandLoop``)."""
 
-    torch.manual_seed(cfg.seed)
-    model = instantiate(cfg.model).to(device)
-    opt = instantiate(cfg.optimizer)(model.parameters())
-    data = data.to(device)
-    bs = int(cfg.data.batch_size)
-    g = torch.Generator(device=device).manual_seed(0)
-    n_batches = data.shape[0] // bs
+    def __init__(self, cfg, data: torch.Tensor, device: torch.device) -> None:
+        from hydra.utils import instantiate
+
+        torch.manual_seed(cfg.seed)
+        self.model = instantiate(cfg.model).to(device)
+        self.opt = instantiate(cfg.optimizer)(self.model.parameters())
+        self.data = data.to(device)
+        self.batch_size = int(cfg.data.batch_size)
+        self.g = torch.Generator(device=device).manual_seed(0)
+        self.num_batches = self.data.shape[0] // self.batch_size
+        self.order = torch.randperm(self.data.shape[0], device=device)
+
+    def step(self, i: int) -> None:
+        bs, i = self.batch_size, i % self.num_batches
+        x = dynamic_binarize(self.data[self.order[i * bs : (i + 1) * bs]], self.g)
+        loss = self.model(x).loss
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+
+
+def run_bare(cfg, data: torch.Tensor, device: torch.device):
+    """One epoch of ``BareLoop``: (epoch wall s, step intervals s, CPU s, optimizer steps)."""
+    loop = BareLoop(cfg, data, device)
+    n_batches = loop.num_batches
     steps: list[float] = []
     cpu0 = time.process_time()
     t0 = last = time.perf_counter()
-    order = torch.randperm(data.shape[0], device=device)
     for i in range(n_batches):
         now = time.perf_counter()
         if i:
             steps.append(now - last)
         last = now
-        x = dynamic_binarize(data[order[i * bs : (i + 1) * bs]], g)
-        loss = model(x).loss
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        loop.step(i)
     if device.type == "cuda":
         torch.cuda.synchronize()
     return time.perf_counter() - t0, steps, time.process_time() - cpu0, n_batches

@@ -74,6 +74,44 @@ class HandWrittenVAE(nn.Module):
         return (rec + kl).mean()
 
 
+class HandLoop:
+    """The hand-written training loop's state, one optimizer step per ``step()``: a fresh model,
+    fused Adam, the images pre-loaded once as probabilities ``x / 255`` and a random order.
+
+    ``step(i)`` trains on minibatch ``i`` of that order (``i`` is taken modulo ``num_batches``,
+    so that ``benchmarks/interleaved_speed.py`` can keep stepping across epochs).
+    """
+
+    def __init__(
+        self,
+        images: Tensor,
+        layers: Layers,
+        batch_size: int,
+        lr: float = 1e-3,
+        seed: int = 0,
+        device: torch.device | str = "cpu",
+    ) -> None:
+        self.device = torch.device(device)
+        torch.manual_seed(seed)
+        self.data = (
+            images.reshape(images.shape[0], -1).to(self.device).float() / 255.0
+        ).contiguous()
+        self.model = HandWrittenVAE(self.data.shape[1], layers).to(self.device)
+        self.opt = torch.optim.Adam(self.model.parameters(), lr=lr, fused=True)
+        self.g = torch.Generator(device=self.device).manual_seed(seed)
+        self.batch_size = int(batch_size)
+        self.num_batches = self.data.shape[0] // self.batch_size
+        self.order = torch.randperm(self.data.shape[0], device=self.device)
+
+    def step(self, i: int) -> None:
+        bs, i = self.batch_size, i % self.num_batches
+        x = torch.bernoulli(self.data[self.order[i * bs : (i + 1) * bs]], generator=self.g)
+        loss = self.model(x)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+
+
 def run_epoch(
     images: Tensor,
     layers: Layers,
@@ -87,14 +125,8 @@ def run_epoch(
     Returns (epoch wall seconds, step intervals in seconds, process CPU seconds, optimizer steps).
     The epoch is timed from the first batch's start to the end of the last step.
     """
-    device = torch.device(device)
-    torch.manual_seed(seed)
-    data = (images.reshape(images.shape[0], -1).to(device).float() / 255.0).contiguous()
-    model = HandWrittenVAE(data.shape[1], layers).to(device)
-    opt = torch.optim.Adam(model.parameters(), lr=lr, fused=True)
-    g = torch.Generator(device=device).manual_seed(seed)
-    n = data.shape[0] // batch_size
-    order = torch.randperm(data.shape[0], device=device)
+    loop = HandLoop(images, layers, batch_size, lr, seed, device)
+    n = loop.num_batches
     steps: list[float] = []
     cpu0 = time.process_time()
     t0 = last = time.perf_counter()
@@ -103,11 +135,7 @@ def run_epoch(
         if i:
             steps.append(now - last)
         last = now
-        x = torch.bernoulli(data[order[i * batch_size : (i + 1) * batch_size]], generator=g)
-        loss = model(x)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-    if device.type == "cuda":
+        loop.step(i)
+    if loop.device.type == "cuda":
         torch.cuda.synchronize()
     return time.perf_counter() - t0, steps, time.process_time() - cpu0, n

@@ -83,3 +83,30 @@ def test_flow_speed_runs(fake_mnist: Path, tmp_path: Path) -> None:
     ratios = {k: v for k, v in d.items() if "ratio" in k and isinstance(v, int | float)}
     assert ratios, d
     assert all(0.2 < v < 5.0 for v in ratios.values()), ratios
+
+
+def test_interleaved_speed_pairs_every_arm_round_by_round(fake_mnist: Path, tmp_path: Path) -> None:
+    out = tmp_path / "interleaved.json"
+    r = run_benchmark(
+        "interleaved_speed.py",
+        [
+            *("--train-images", "600", "--batch-sizes", "20", "--slot", "6"),
+            *("--data-dir", str(fake_mnist), "--variant", "k2=module.steps_per_batch=2"),
+            *("--json", str(out)),
+        ],
+        tmp_path,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    d = json.loads(out.read_text())
+    for name, k in (("vaelab", 1), ("k2", 2)):
+        v = d["batch"]["20"][name]
+        # 30 steps in rounds of 6: the last round's vaelab slot is cut by the epoch end.
+        assert v["rounds"] == 4, v
+        arms = v["arms"]
+        assert set(arms) == {"vaelab", "hand", "bare"}
+        assert arms["hand"]["ratio"] == 1.0
+        for arm, a in arms.items():
+            # Every arm timed over the same steps: (slot - K) / K groups of K a round.
+            assert a["timed_groups"] == 4 * (6 - k) // k, (name, arm, a)
+            for key in ("ratio", "pair_ratio_median", "median_ratio"):
+                assert 0.05 < a[key] < 20.0, (name, arm, key, a[key])
