@@ -450,9 +450,34 @@ class GenerativeModule(L.LightningModule):
         if self._train_forward is None:
             # Kept out of nn.Module's registry: not a second copy of the model in state_dict.
             self.__dict__["_train_forward"] = (
-                torch.compile(self.model) if self.compile else self.model
+                self._compiled_forward() if self.compile else self.model
             )
         return self._train_forward
+
+    def _compiled_forward(self) -> Callable[[Tensor], Terms]:
+        """``torch.compile(model)``, primed by one eager forward of the first batch.
+
+        Traced on the first call, two things break the graph and then fail its guards, so the
+        whole forward was compiled twice: the model's once-only check of the data values (a
+        data-dependent ``bool(bad.any())``, then the flag it sets) and torch's first
+        ``kl_divergence`` for a pair of types (``_dispatch_kl`` searches the registry with
+        ``min`` over a generator, then memoises). The priming forward runs both eagerly, without
+        autograd and with the random state put back (``torch.random.fork_rng``), so the training
+        steps draw exactly what they would have drawn without it.
+        """
+        compiled = torch.compile(self.model)
+        primed = False
+
+        def forward(x: Tensor) -> Terms:
+            nonlocal primed
+            if not primed:
+                devices = [x.device] if x.device.type != "cpu" else []
+                with torch.no_grad(), torch.random.fork_rng(devices=devices):
+                    self.model(x)
+                primed = True
+            return compiled(x)
+
+        return forward
 
     def _log_training_terms(self, step: int, loss: Tensor, terms: Terms) -> None:
         """Write this step's training terms to every logger, labelled with this step.

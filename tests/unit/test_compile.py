@@ -12,12 +12,16 @@ from vaelab.nn import MLP
 
 
 @pytest.mark.slow  # inductor compiles C++ for the forward and the backward: ~30-90 s on 2 cores
-def test_compiled_loss_and_gradients_equal_eager(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_compiled_loss_and_gradients_equal_eager(request: pytest.FixtureRequest) -> None:
     import torch._inductor.config as inductor_config
 
     # Inductor draws its own random numbers by default (a correct but different stream); with
     # torch's generator instead, eager and compiled see the same reparameterisation noise.
-    monkeypatch.setattr(inductor_config, "fallback_random", True)
+    # Inductor's own patch(), not monkeypatch: undoing a monkeypatch of its config module left
+    # the option missing for the next test ("fallback_random does not exist").
+    patch = inductor_config.patch(fallback_random=True)
+    patch.__enter__()
+    request.addfinalizer(lambda: patch.__exit__(None, None, None))
     torch._dynamo.reset()
     model = VAE(
         GaussianEncoder(MLP([1, 4, 4], [8, 8]), 3),
@@ -42,3 +46,37 @@ def test_compiled_loss_and_gradients_equal_eager(monkeypatch: pytest.MonkeyPatch
         torch.testing.assert_close(compiled.elbo, eager.elbo, rtol=1e-5, atol=1e-5)
         for a, b in zip(g_comp, g_eager, strict=True):
             torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.slow  # one compile of forward and backward: ~30-90 s on 2 cores
+def test_the_first_compiled_call_has_no_graph_break_and_no_recompile() -> None:
+    """Priming the compiled forward with one eager forward: traced on the first batch, the
+    model's once-only data check, torch's first KL dispatch and the prior's cache each broke the
+    graph (3 graphs instead of 1)."""
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    model = VAE(
+        GaussianEncoder(MLP([1, 4, 4], [8, 8]), 3),
+        BernoulliLikelihood(MLP([3], [8, 8], [1, 4, 4]), [1, 4, 4]),
+        [1, 4, 4],
+        3,
+    )
+    module = GenerativeModule(model, compile=True)
+    x = torch.bernoulli(torch.full((6, 1, 4, 4), 0.4))
+    for _ in range(3):
+        module.train_forward(x).loss.backward()
+    assert model._values_checked
+    assert not counters["graph_break"], dict(counters["graph_break"])
+    assert counters["stats"]["unique_graphs"] == 1, dict(counters["stats"])
+    with pytest.raises(ValueError, match="binary data"):
+        GenerativeModule(
+            VAE(
+                GaussianEncoder(MLP([1, 4, 4], [8, 8]), 3),
+                BernoulliLikelihood(MLP([3], [8, 8], [1, 4, 4]), [1, 4, 4]),
+                [1, 4, 4],
+                3,
+            ),
+            compile=True,
+        ).train_forward(torch.full((6, 1, 4, 4), 0.5))

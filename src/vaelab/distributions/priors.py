@@ -60,9 +60,13 @@ class StandardNormalPrior(nn.Module):
 
     def forward(self, batch_shape: torch.Size | tuple[int, ...] = ()) -> StandardNormal:
         shape, loc, scale = tuple(batch_shape), self.loc, self.scale
+        compiling = torch.compiler.is_compiling()
         c = self._cached  # (shape, loc, scale, versions, dist): reused while all are the same
+        # Traced by torch.compile, building it costs nothing at run time, and the cache's
+        # ``_version`` test cannot be traced (it broke the graph and forced a recompile).
         if (
-            c is not None
+            not compiling
+            and c is not None
             and c[0] == shape
             and c[1] is loc
             and c[2] is scale
@@ -78,7 +82,8 @@ class StandardNormalPrior(nn.Module):
             1,
             validate_args=False,
         )
-        self._cached = (shape, loc, scale, (loc._version, scale._version), dist)
+        if not compiling:
+            self._cached = (shape, loc, scale, (loc._version, scale._version), dist)
         return dist
 
     def log_prob(self, z: Tensor) -> Tensor:
