@@ -4,10 +4,11 @@
 #   bash benchmarks/gpu_checks.sh                                  # on the GPU machine
 #   VAELAB_CHECK_DEVICE=cpu QUICK=1 bash benchmarks/gpu_checks.sh  # the same steps, tiny, on a CPU
 #
-# Writes at most 7 files to $OUT (default logs/gpu), none deeper than $OUT itself (what the device
+# Writes at most 9 files to $OUT (default logs/gpu), none deeper than $OUT itself (what the device
 # tool brings back): env.txt, precision.txt (the CUDA autocast tests of
 # tests/unit/test_precision.py), epoch_speed.json/.log (every arm at batch 20 and 100, K = 20,
-# K = 20 compiled; the full-schedule extrapolation is in the JSON), iwae_<acc>.log for both devices
+# K = 20 compiled; the full-schedule extrapolation is in the JSON), interleaved.json/.log (the
+# same arms taking turns every 100 steps inside one fit), iwae_<acc>.log for both devices
 # and iwae_compare.json (a few real epochs of experiment=iwae_vae_1layer on the device and on the
 # CPU, same seed: val/nll per epoch side by side). Needs vaelab importable (PYTHONPATH=src, and
 # hydra-core, omegaconf and antlr4-python3-runtime, carried as wheels where they are missing) and
@@ -21,8 +22,9 @@ py=${PYTHON:-python3}
 runs=$(mktemp -d)
 if [ "${QUICK:-0}" = 1 ]; then
     imgs=2000 reps=1 epochs=1 extra=(+trainer.limit_train_batches=20 +trainer.limit_val_batches=2)
+    il=(--slot 60 --batch-sizes 20)
 else
-    imgs=55000 reps=3 epochs=${IWAE_EPOCHS:-3} extra=()
+    imgs=55000 reps=3 epochs=${IWAE_EPOCHS:-3} extra=() il=()
 fi
 acc=cpu
 [ "$dev" = cuda ] && acc=gpu
@@ -39,6 +41,13 @@ echo "precision tests: rc $?"
     --variant k20c=module.steps_per_batch=20,module.compile=true \
     --json "$out/epoch_speed.json" >"$out/epoch_speed.log" 2>&1
 echo "epoch_speed: rc $?"
+
+"$py" benchmarks/interleaved_speed.py --device "$dev" --train-images "$imgs" --data-dir "$data" \
+    --out "$runs/interleaved" "${il[@]}" \
+    --variant k20=module.steps_per_batch=20 \
+    --variant k20c=module.steps_per_batch=20,module.compile=true \
+    --json "$out/interleaved.json" >"$out/interleaved.log" 2>&1
+echo "interleaved_speed: rc $?"
 
 for a in "$acc" cpu; do
     "$py" -m vaelab.train experiment=iwae_vae_1layer "trainer.accelerator=$a" \

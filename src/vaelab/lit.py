@@ -119,8 +119,10 @@ class GenerativeModule(L.LightningModule):
             what Lightning's automatic optimization does (``_setup_single_step_blocks``), and
             automatic optimization runs otherwise.
         compile: compile the model's training forward pass with ``torch.compile`` (inductor);
-            evaluation stays eager. The first steps pay the compilation (about a minute on a
-            CPU).
+            evaluation stays eager. ``True``, ``False``, or ``"cpu"``: compile when training on a
+            CPU, where it was measured faster (README "Speed"; the IWAE experiments' default),
+            eager on other devices, where it has not been measured. The first step pays the
+            compilation (10-60 s on a CPU).
 
     Non-finite values: a NaN or infinite loss stops training before its backward pass, and a
     checkpoint whose weights are not all finite is never written (``on_save_checkpoint`` raises),
@@ -141,13 +143,18 @@ class GenerativeModule(L.LightningModule):
         check_grads: bool = False,
         init_from_data: bool = True,
         steps_per_batch: int = 1,
-        compile: bool = False,
+        compile: bool | str = False,
     ) -> None:
         super().__init__()
         if int(steps_per_batch) < 1:
             raise ValueError(f"steps_per_batch must be >= 1, got {steps_per_batch}")
         self.steps_per_batch = int(steps_per_batch)
-        self.compile = bool(compile)
+        if compile not in (True, False, "cpu"):
+            raise ValueError(
+                f"compile must be true, false or cpu (compile when training on a CPU), got "
+                f"{compile!r}"
+            )
+        self.compile: bool | str = compile if compile == "cpu" else bool(compile)
         self._train_forward: Callable[[Tensor], Terms] | None = None
         self._direct_steps: bool | None = None  # decided at the first K-step block of a fit
         self._single_step_blocks = False  # K = 1 trained through one-step blocks (setup)
@@ -446,12 +453,12 @@ class GenerativeModule(L.LightningModule):
 
     @property
     def train_forward(self) -> Callable[[Tensor], Terms]:
-        """The model's forward for training: compiled once when ``compile`` is set."""
+        """The model's forward for training: compiled once when ``compile`` asks for it on
+        this module's device (decided at the first call)."""
         if self._train_forward is None:
+            on = self.compile is True or (self.compile == "cpu" and self.device.type == "cpu")
             # Kept out of nn.Module's registry: not a second copy of the model in state_dict.
-            self.__dict__["_train_forward"] = (
-                self._compiled_forward() if self.compile else self.model
-            )
+            self.__dict__["_train_forward"] = self._compiled_forward() if on else self.model
         return self._train_forward
 
     def _compiled_forward(self) -> Callable[[Tensor], Terms]:

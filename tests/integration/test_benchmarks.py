@@ -110,3 +110,7 @@ def test_interleaved_speed_pairs_every_arm_round_by_round(fake_mnist: Path, tmp_
             assert a["timed_groups"] == 4 * (6 - k) // k, (name, arm, a)
             for key in ("ratio", "pair_ratio_median", "median_ratio"):
                 assert 0.05 < a[key] < 20.0, (name, arm, key, a[key])
+    table = run_benchmark("speed_table.py", [str(out)], tmp_path)
+    assert table.returncode == 0, table.stderr[-3000:]
+    assert len(table.stdout.splitlines()) == 2 + 2 * 3  # one row per fit and arm
+    assert "| `k2` (module.steps_per_batch=2) | 4 |" in table.stdout

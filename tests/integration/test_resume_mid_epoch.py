@@ -209,3 +209,18 @@ def test_ckpt_path_last_after_a_kill_inside_an_epoch(fake_mnist: Path, tmp_path:
     last = [f"paths.log_dir={tmp_path}", "task_name=killed", "ckpt_path=last"]
     resumed = _run(tmp_path, fake_mnist, "resumed", [*opts, *last])
     _assert_continues(whole, resumed, 12, 1)
+
+
+@pytest.mark.slow  # two fits, each compiling the forward and backward (~10-30 s here)
+def test_a_compiled_run_resumed_inside_a_block_reproduces_the_uninterrupted_one(
+    fake_mnist: Path, tmp_path: Path
+) -> None:
+    # module.compile=true with K = 3: the compiled forward's random draws come from torch's
+    # generator, whose state the checkpoint holds, so the resumed run is bitwise the same.
+    torch._dynamo.reset()
+    opts = ["module.steps_per_batch=3", "module.compile=true", "trainer.max_epochs=2"]
+    whole = _run(tmp_path, fake_mnist, "whole", [*opts, *_step_ckpt(6, tmp_path / "a")])
+    ckpt = f"ckpt_path={tmp_path / 'a' / 'step006.ckpt'}"
+    torch._dynamo.reset()
+    resumed = _run(tmp_path, fake_mnist, "resumed", [*opts, *_step_ckpt(6, tmp_path / "b"), ckpt])
+    _assert_continues(whole, resumed, 6, 0)

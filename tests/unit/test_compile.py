@@ -80,3 +80,32 @@ def test_the_first_compiled_call_has_no_graph_break_and_no_recompile() -> None:
             ),
             compile=True,
         ).train_forward(torch.full((6, 1, 4, 4), 0.5))
+
+
+def _tiny_vae() -> VAE:
+    return VAE(
+        GaussianEncoder(MLP([1, 4, 4], [8, 8]), 3),
+        BernoulliLikelihood(MLP([3], [8, 8], [1, 4, 4]), [1, 4, 4]),
+        [1, 4, 4],
+        3,
+    )
+
+
+def test_compile_cpu_compiles_on_a_cpu_only() -> None:
+    """``compile: cpu`` (the IWAE experiments' default): compiled where it was measured faster."""
+    model = _tiny_vae()
+    assert GenerativeModule(model, compile="cpu").train_forward is not model  # built, not run
+    assert GenerativeModule(model, compile=False).train_forward is model
+    on_gpu = GenerativeModule(model, compile="cpu")
+    on_gpu._device = torch.device("cuda", 0)  # what .to("cuda") records; nothing runs here
+    assert on_gpu.train_forward is model
+    with pytest.raises(ValueError, match=r"compile must be true, false or cpu .*got 'gpu'"):
+        GenerativeModule(model, compile="gpu")
+
+
+def test_the_iwae_experiments_compile_on_a_cpu_with_k20(tmp_path) -> None:
+    from tests.conftest import compose_train
+
+    for exp in ("iwae_vae_1layer", "iwae_vae_2layer"):
+        cfg = compose_train([f"experiment={exp}"], tmp_path, tiny=False)
+        assert cfg.module.compile == "cpu" and cfg.module.steps_per_batch == 20, exp
