@@ -105,7 +105,29 @@ class ELBOObjective(nn.Module):
         self.capacity_steps = int(capacity_steps)
         self.iwae_samples = int(iwae_samples)
         self.elbo_samples = int(elbo_samples)
+        # beta_t and C_t for torch.compile: the compiled forward reads them from these 0-d
+        # tensors, not as Python numbers (which dynamo guards as constants: a recompile every
+        # optimizer step of a schedule). Eager keeps the Python numbers, so no eager number
+        # changes. Not persistent: checkpoints are as before; they follow the module's device.
+        # Only for a schedule: a plain objective has no buffers (DDP broadcasts buffers).
+        if self.warmup_steps:
+            self.register_buffer("_beta_t", torch.tensor(0.0), persistent=False)
+        if self.capacity_max is not None:
+            self.register_buffer("_capacity_t", torch.tensor(0.0), persistent=False)
         self.step = 0
+
+    @property
+    def step(self) -> int:
+        """The optimizer step the schedules are at (set before each training step)."""
+        return self._step
+
+    @step.setter
+    def step(self, step: int) -> None:
+        self._step = int(step)
+        if self.warmup_steps:
+            self._beta_t.fill_(self.current_beta())
+        if self.capacity_max is not None:
+            self._capacity_t.fill_(self.current_capacity())
 
     @property
     def is_plain_elbo(self) -> bool:
@@ -124,12 +146,14 @@ class ELBOObjective(nn.Module):
 
     def forward(self, distortion: Tensor, rate: Tensor) -> Tensor:
         """Scalar loss from ``(B,)`` distortion and rate (nats)."""
+        compiling = torch.compiler.is_compiling()
         if self.capacity_max is not None:
-            c = self.current_capacity()
+            c = self._capacity_t if compiling else self.current_capacity()
             return distortion.mean() + self.capacity_gamma * (rate.mean() - c).abs()
         if self.is_plain_elbo:
             return (distortion + rate).mean()
-        return (distortion + self.current_beta() * rate).mean()
+        beta = self._beta_t if compiling and self.warmup_steps else self.current_beta()
+        return (distortion + beta * rate).mean()
 
     def extra_repr(self) -> str:
         return (

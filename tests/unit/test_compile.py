@@ -109,3 +109,37 @@ def test_the_iwae_experiments_compile_on_a_cpu_with_k20(tmp_path) -> None:
     for exp in ("iwae_vae_1layer", "iwae_vae_2layer"):
         cfg = compose_train([f"experiment={exp}"], tmp_path, tiny=False)
         assert cfg.module.compile == "cpu" and cfg.module.steps_per_batch == 20, exp
+
+
+@pytest.mark.parametrize(
+    "objective",
+    [
+        {"beta": 4.0, "warmup_steps": 100},
+        {"capacity_max": 25.0, "capacity_gamma": 10.0, "capacity_steps": 100},
+    ],
+    ids=["beta-warmup", "capacity"],
+)
+def test_an_annealed_objective_compiles_once_for_every_step(objective: dict) -> None:
+    """The warm-up's beta_t and the capacity C_t change every optimizer step; read as Python
+    numbers inside the compiled forward they were guarded constants, so every step recompiled
+    (dynamo's limit of 8, 4-5 s each on this CPU with inductor, then eager for the rest)."""
+    from torch._dynamo.utils import counters
+
+    from vaelab.objectives import ELBOObjective
+
+    torch._dynamo.reset()
+    counters.clear()
+    model = _tiny_vae()
+    model.objective = ELBOObjective(**objective)
+    compiled = torch.compile(model, backend="eager", fullgraph=True)  # dynamo's guards, no C++
+    x = torch.bernoulli(torch.full((6, 1, 4, 4), 0.4))
+    model(x)  # the once-only data check, as GenerativeModule's priming forward does
+    for step in (0, 1, 2, 50, 99, 100, 1000):
+        model.set_training_step(step)
+        torch.manual_seed(step)
+        eager = model(x).loss
+        torch.manual_seed(step)
+        assert torch.equal(compiled(x).loss, eager), step  # no inductor: the same arithmetic
+    assert counters["stats"]["unique_graphs"] == 1, dict(counters["stats"])
+    assert not set(model.objective.state_dict())  # checkpoints unchanged
+    assert not list(ELBOObjective().buffers())  # a plain objective has none (DDP broadcasts them)
