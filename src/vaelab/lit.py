@@ -74,6 +74,41 @@ class NonFiniteError(FloatingPointError):
     """Training produced a NaN or infinite loss or gradient; training stops, checkpoints are kept."""
 
 
+def _cxx_names() -> str:
+    import torch._inductor.config as inductor_config
+
+    names = inductor_config.cpp.cxx
+    names = names if isinstance(names, (list, tuple)) else (names,)
+    return ", ".join(str(n) for n in names if n is not None) or "none configured"
+
+
+def _cpu_compiler() -> str | None:
+    """The C++ compiler inductor would use on a CPU, or None if it finds none.
+
+    Asks inductor itself (``cpp_builder.get_cpp_compiler``, private: it searches
+    ``config.cpp.cxx``, i.e. ``$CXX`` or ``g++``, by running ``--version``); if that function is
+    gone, looks the configured names up on ``PATH``.
+    """
+    try:
+        from torch._inductor import cpp_builder, exc
+    except ImportError:  # pragma: no cover - inductor without cpp_builder
+        cpp_builder = exc = None
+    if cpp_builder is not None and hasattr(cpp_builder, "get_cpp_compiler"):
+        try:
+            return cpp_builder.get_cpp_compiler()
+        except (exc.InvalidCxxCompiler, OSError):
+            return None
+    import shutil
+
+    import torch._inductor.config as inductor_config
+
+    names = inductor_config.cpp.cxx
+    for name in names if isinstance(names, (list, tuple)) else (names,):
+        if name is not None and shutil.which(name):
+            return name
+    return None
+
+
 class GenerativeModule(L.LightningModule):
     """Lightning wrapper around a ``GenerativeModel``.
 
@@ -457,9 +492,32 @@ class GenerativeModule(L.LightningModule):
         this module's device (decided at the first call)."""
         if self._train_forward is None:
             on = self.compile is True or (self.compile == "cpu" and self.device.type == "cpu")
+            if on and self.device.type == "cpu":
+                on = self._cpu_compiler_or_eager()
             # Kept out of nn.Module's registry: not a second copy of the model in state_dict.
             self.__dict__["_train_forward"] = self._compiled_forward() if on else self.model
         return self._train_forward
+
+    def _cpu_compiler_or_eager(self) -> bool:
+        """Whether inductor has a C++ compiler for the CPU; without one, ``compile: cpu`` (the
+        IWAE experiments' default) trains eager with a warning and ``compile: true`` is refused,
+        both at the first training batch, before any step, not with inductor's error inside it."""
+        cxx = _cpu_compiler()
+        if cxx is not None:
+            return True
+        fix = "install one (e.g. `apt install g++`) or point CXX at it, or set module.compile=false"
+        if self.compile is True:
+            raise RuntimeError(
+                f"module.compile=true on a CPU needs a C++ compiler for torch.compile (inductor) "
+                f"and none was found (looked for {_cxx_names()}): {fix}"
+            )
+        warnings.warn(
+            f"module.compile=cpu: no C++ compiler for torch.compile on this machine (looked for "
+            f"{_cxx_names()}), so it trains eager (slower; equal up to float rounding). To compile, "
+            f"{fix.split(', or ')[0]}; module.compile=false silences this",
+            stacklevel=2,
+        )
+        return False
 
     def _compiled_forward(self) -> Callable[[Tensor], Terms]:
         """``torch.compile(model)``, primed by one eager forward of the first batch.

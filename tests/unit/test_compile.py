@@ -103,6 +103,19 @@ def test_compile_cpu_compiles_on_a_cpu_only() -> None:
         GenerativeModule(model, compile="gpu")
 
 
+def test_without_a_cpp_compiler_compile_cpu_trains_eager_and_compile_true_is_refused() -> None:
+    """``compile: cpu`` is the IWAE experiments' default: on a machine without g++ it must not
+    fail with inductor's error at the first step, and ``compile: true`` says what to install."""
+    import torch._inductor.config as inductor_config
+
+    with inductor_config.patch({"cpp.cxx": (None, "no-such-c++-compiler")}):
+        model = _tiny_vae()
+        with pytest.warns(UserWarning, match=r"no C\+\+ compiler .*no-such-c\+\+-compiler.*eager"):
+            assert GenerativeModule(model, compile="cpu").train_forward is model
+        with pytest.raises(RuntimeError, match=r"needs a C\+\+ compiler.*apt install g\+\+"):
+            GenerativeModule(model, compile=True).train_forward
+
+
 def test_the_iwae_experiments_compile_on_a_cpu_with_k20(tmp_path) -> None:
     from tests.conftest import compose_train
 
