@@ -114,3 +114,25 @@ def test_interleaved_speed_pairs_every_arm_round_by_round(fake_mnist: Path, tmp_
     assert table.returncode == 0, table.stderr[-3000:]
     assert len(table.stdout.splitlines()) == 2 + 2 * 3  # one row per fit and arm
     assert "| `k2` (module.steps_per_batch=2) | 4 |" in table.stdout
+
+
+def test_batch_split_times_every_phase_of_a_batch(fake_mnist: Path, tmp_path: Path) -> None:
+    out = tmp_path / "split.json"
+    r = run_benchmark(
+        "batch_split.py",
+        [
+            *("--train-images", "330", "--reps", "1", "--data-dir", str(fake_mnist)),
+            *("--json", str(out), "module.steps_per_batch=4"),
+        ],
+        tmp_path,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    (rep,) = json.loads(out.read_text())["reps"]
+    # 330 images: 16 minibatches of 20 in 4 blocks; the first and the last batch are not timed.
+    assert rep["steps_per_batch"] == 4 and rep["batches"] == 2, rep
+    phases = ("to_step", "step", "to_batch_end", "batch_end_hooks", "to_fetch", "transform")
+    for name in (*phases, "to_next_batch", "bare_step"):
+        assert rep[name] > 0, (name, rep)
+    # The phases tile the interval between batch starts (medians, so not exactly).
+    total = sum(rep[n] for n in (*phases, "to_next_batch"))
+    assert 0.7 * rep["batch"] < total < 1.3 * rep["batch"], (total, rep)
