@@ -75,39 +75,32 @@ class NonFiniteError(FloatingPointError):
     """Training produced a NaN or infinite loss or gradient; training stops, checkpoints are kept."""
 
 
-def _cxx_names() -> str:
+def _cxx_names() -> tuple[str, ...]:
+    """The C++ compilers inductor searches on a CPU (``config.cpp.cxx``: ``$CXX`` or ``g++``)."""
     import torch._inductor.config as inductor_config
 
     names = inductor_config.cpp.cxx
-    names = names if isinstance(names, (list, tuple)) else (names,)
-    return ", ".join(str(n) for n in names if n is not None) or "none configured"
+    return tuple(n for n in (names if isinstance(names, (list, tuple)) else (names,)) if n)
 
 
 def _cpu_compiler() -> str | None:
     """The C++ compiler inductor would use on a CPU, or None if it finds none.
 
-    Asks inductor itself (``cpp_builder.get_cpp_compiler``, private: it searches
-    ``config.cpp.cxx``, i.e. ``$CXX`` or ``g++``, by running ``--version``); if that function is
-    gone, looks the configured names up on ``PATH``.
+    Asks inductor itself (``cpp_builder.get_cpp_compiler``, private: it runs ``--version`` on
+    each of ``_cxx_names``); if that function is gone, looks the names up on ``PATH``.
     """
     try:
         from torch._inductor import cpp_builder, exc
-    except ImportError:  # pragma: no cover - inductor without cpp_builder
-        cpp_builder = exc = None
-    if cpp_builder is not None and hasattr(cpp_builder, "get_cpp_compiler"):
-        try:
-            return cpp_builder.get_cpp_compiler()
-        except (exc.InvalidCxxCompiler, OSError):
-            return None
-    import shutil
 
-    import torch._inductor.config as inductor_config
+        search = cpp_builder.get_cpp_compiler
+    except (ImportError, AttributeError):  # pragma: no cover - another inductor
+        import shutil
 
-    names = inductor_config.cpp.cxx
-    for name in names if isinstance(names, (list, tuple)) else (names,):
-        if name is not None and shutil.which(name):
-            return name
-    return None
+        return next((n for n in _cxx_names() if shutil.which(n)), None)
+    try:
+        return search()
+    except (exc.InvalidCxxCompiler, OSError):
+        return None
 
 
 class GenerativeModule(L.LightningModule):
@@ -503,18 +496,18 @@ class GenerativeModule(L.LightningModule):
         """Whether inductor has a C++ compiler for the CPU; without one, ``compile: cpu`` (the
         IWAE experiments' default) trains eager with a warning and ``compile: true`` is refused,
         both at the first training batch, before any step, not with inductor's error inside it."""
-        cxx = _cpu_compiler()
-        if cxx is not None:
+        if _cpu_compiler() is not None:
             return True
         fix = "install one (e.g. `apt install g++`) or point CXX at it, or set module.compile=false"
+        looked = ", ".join(_cxx_names()) or "none"
         if self.compile is True:
             raise RuntimeError(
                 f"module.compile=true on a CPU needs a C++ compiler for torch.compile (inductor) "
-                f"and none was found (looked for {_cxx_names()}): {fix}"
+                f"and none was found (looked for {looked}): {fix}"
             )
         warnings.warn(
             f"module.compile=cpu: no C++ compiler for torch.compile on this machine (looked for "
-            f"{_cxx_names()}), so it trains eager (slower; equal up to float rounding). To compile, "
+            f"{looked}), so it trains eager (slower; equal up to float rounding). To compile, "
             f"{fix.split(', or ')[0]}; module.compile=false silences this",
             stacklevel=2,
         )
