@@ -6,8 +6,10 @@
 #
 # Writes at most 9 files to $OUT (default logs/gpu), none deeper than $OUT itself (what the device
 # tool brings back): env.txt, precision.txt (the CUDA autocast tests of
-# tests/unit/test_precision.py), epoch_speed.json/.log (every arm at batch 20 and 100, K = 20,
-# K = 20 compiled; the full-schedule extrapolation is in the JSON), interleaved.json/.log (the
+# tests/unit/test_precision.py and the CUDA-graph tests of tests/integration/test_cuda_graph.py,
+# whose real capture runs only on a GPU), epoch_speed.json/.log (every arm at batch 20 and 100,
+# K = 20, K = 20 compiled, K = 20 captured in a CUDA graph, eager and compiled; the full-schedule
+# extrapolation is in the JSON), interleaved.json/.log (the
 # same arms taking turns every 100 steps inside one fit), iwae_<acc>.log for both devices
 # and iwae_compare.json (a few real epochs of experiment=iwae_vae_1layer on the device and on the
 # CPU, same seed: val/nll per epoch side by side). Needs vaelab importable (PYTHONPATH=src, and
@@ -32,20 +34,26 @@ export VAELAB_DATA_DIR=$data PYTHONUNBUFFERED=1
 
 { nvidia-smi || true; "$py" -c "import sys, torch, lightning; print(sys.version); print('torch', torch.__version__, 'lightning', lightning.__version__, 'cuda', torch.cuda.is_available())"; } >"$out/env.txt" 2>&1
 
-"$py" -m pytest -q -p no:cacheprovider tests/unit/test_precision.py >"$out/precision.txt" 2>&1
-echo "precision tests: rc $?"
+"$py" -m pytest -q -s -p no:cacheprovider tests/unit/test_precision.py \
+    tests/integration/test_cuda_graph.py >"$out/precision.txt" 2>&1
+echo "precision and CUDA-graph tests: rc $?"
+graphs=()
+[ "$dev" = cuda ] && graphs=(
+    --variant k20g=module.steps_per_batch=20,module.cuda_graph=true
+    --variant k20cg=module.steps_per_batch=20,module.compile=true,module.cuda_graph=true
+)
 
 "$py" benchmarks/epoch_speed.py --device "$dev" --reps "$reps" --train-images "$imgs" \
     --data-dir "$data" --out "$runs/speed" \
     --variant k20=module.steps_per_batch=20 \
-    --variant k20c=module.steps_per_batch=20,module.compile=true \
+    --variant k20c=module.steps_per_batch=20,module.compile=true "${graphs[@]}" \
     --json "$out/epoch_speed.json" >"$out/epoch_speed.log" 2>&1
 echo "epoch_speed: rc $?"
 
 "$py" benchmarks/interleaved_speed.py --device "$dev" --train-images "$imgs" --data-dir "$data" \
     --out "$runs/interleaved" "${il[@]}" \
     --variant k20=module.steps_per_batch=20 \
-    --variant k20c=module.steps_per_batch=20,module.compile=true \
+    --variant k20c=module.steps_per_batch=20,module.compile=true "${graphs[@]}" \
     --json "$out/interleaved.json" >"$out/interleaved.log" 2>&1
 echo "interleaved_speed: rc $?"
 

@@ -11,6 +11,7 @@ images, ``{stage}/{name}_se`` (``vaelab.evaluation.stats``), exact under DDP.
 from __future__ import annotations
 
 import functools
+import math
 import os
 import warnings
 from collections.abc import Callable, Iterable
@@ -36,6 +37,7 @@ from vaelab.evaluation import (
     full_precision,
     has_bits_per_dim,
 )
+from vaelab.graphs import CudaGraphBackend, EagerStand, GraphedStep
 from vaelab.models.base import GenerativeModel, LatentVariableModel, Terms
 
 # Validation and test figures are logged already reduced over processes (MeanWithError sums values,
@@ -152,6 +154,21 @@ class GenerativeModule(L.LightningModule):
             CPU, where it was measured faster (README "Speed"; the IWAE experiments' default),
             eager on other devices, where it has not been measured. The first step pays the
             compilation (10-60 s on a CPU).
+        cuda_graph: on CUDA, capture one whole optimizer step (forward, backward, fused Adam) in a
+            CUDA graph after 3 eager warm-up steps and replay it for every later step of the
+            same input shape (``vaelab.graphs``): one launch a step instead of one per kernel,
+            with ``steps_per_batch`` (K) and ``compile`` as they are. A non-finite loss or
+            gradient norm makes the replayed fused Adam skip its update on the device, and
+            training stops at the end of the block naming that step, with the weights of the
+            step before it; ``train/*`` rows are read once a block and written under their
+            steps. The learning rate becomes a float32 tensor on the device (rounded as such:
+            equal to an eager run up to that rounding and the CUDA random stream); checkpoints
+            store it as a number. Needs a CUDA device, fused Adam or AdamW
+            (``optimizer.fused=true``) and the direct step path (one device, 32-bit or
+            ``bf16-mixed``, no profiler, no callback or module hook around the backward pass
+            and the optimizer step); refused otherwise, with the reason. Not yet run on a GPU
+            (README "Speed"): on a CPU its bookkeeping is tested with a stand-in that runs the
+            step eagerly (``tests/integration/test_cuda_graph.py``).
 
     Non-finite values: a NaN or infinite loss stops training before its backward pass, and a
     checkpoint whose weights are not all finite is never written (``on_save_checkpoint`` raises),
@@ -173,6 +190,7 @@ class GenerativeModule(L.LightningModule):
         init_from_data: bool = True,
         steps_per_batch: int = 1,
         compile: bool | str = False,
+        cuda_graph: bool = False,
     ) -> None:
         super().__init__()
         if int(steps_per_batch) < 1:
@@ -185,6 +203,9 @@ class GenerativeModule(L.LightningModule):
             )
         self.compile: bool | str = compile if compile == "cpu" else bool(compile)
         self._train_forward: Callable[[Tensor], Terms] | None = None
+        self.cuda_graph = bool(cuda_graph)
+        self._graph: GraphedStep | None = None  # built at the first block of a fit
+        self.graph_summary: dict[str, Any] | None = None  # set at the end of a graphed fit
         self._direct_steps: bool | None = None  # decided at the first K-step block of a fit
         self._single_step_blocks = False  # K = 1 trained through one-step blocks (setup)
         self.model = model
@@ -233,6 +254,14 @@ class GenerativeModule(L.LightningModule):
         # Lightning restores a checkpoint after setup, so a resumed run keeps its trained weights.
         if stage == "fit" and self.init_from_data and isinstance(dm, TensorImageDataModule):
             self.model.init_from_data(dm.train_mean())
+        if stage == "fit" and self.cuda_graph and self._graph_backend != "eager":
+            device = self.trainer.strategy.root_device
+            if device.type != "cuda":
+                raise ValueError(
+                    f"module.cuda_graph=true captures training steps in a CUDA graph, which needs "
+                    f"a CUDA device; this run trains on {device.type}. Train on a GPU "
+                    "(trainer=gpu), or set module.cuda_graph=false."
+                )
         if stage == "fit" and self.steps_per_batch > 1:
             self._setup_step_blocks(dm)
         elif stage == "fit":
@@ -305,6 +334,7 @@ class GenerativeModule(L.LightningModule):
 
     def on_fit_start(self) -> None:
         self._direct_steps = None
+        self.__dict__["_graph"] = None
         if self.device.type == "cpu" and os.environ.get(_NVML_CHECK) == "1":
             self._nvml_check = os.environ.pop(_NVML_CHECK)  # see _NVML_CHECK
         if not self.automatic_optimization:
@@ -319,6 +349,13 @@ class GenerativeModule(L.LightningModule):
                         "ReduceLROnPlateau (it waits for a metric Lightning reports per batch); "
                         "use another scheduler or module.steps_per_batch=1"
                     )
+        if self.cuda_graph and self.automatic_optimization:
+            raise ValueError(
+                "module.cuda_graph=true replays vaelab's own optimizer steps, and this run keeps "
+                "Lightning's automatic optimization (gradient clipping or accumulation, several "
+                "processes, ReduceLROnPlateau, or a callback or module hook that only automatic "
+                "optimization calls). Remove that, or set module.cuda_graph=false."
+            )
 
     def on_train_start(self) -> None:
         # Lightning counts optimizer steps separately under automatic and manual optimization
@@ -336,6 +373,14 @@ class GenerativeModule(L.LightningModule):
             active.total.completed = other.total.completed
 
     def teardown(self, stage: str) -> None:
+        g = self.__dict__.pop("_graph", None)
+        self._graph = None
+        if g is not None:  # what the fit's graph did (tests, and anyone asking after a fit)
+            self.graph_summary = {
+                "captured": g.captured,
+                "eager_steps": g.eager_steps,
+                "replays": g.replays,
+            }
         value = self.__dict__.pop("_nvml_check", None)
         if value is not None:
             os.environ[_NVML_CHECK] = value
@@ -423,20 +468,15 @@ class GenerativeModule(L.LightningModule):
     ) -> tuple[bool, Tensor | None]:
         """The optimizer steps of one block (``_training_block``): False if ``max_steps`` cut
         the block short, and the last step's loss (detached)."""
+        if self.cuda_graph:
+            return self._take_graphed_steps(xs, opt, raw, direct, step_scheds, max_steps)
         last = None
         for x in xs:
             if 0 <= max_steps <= self.global_step:
                 return False, last  # trainer.max_steps: stop at the exact step, not at the end
             loss = self._loss_and_log(x)
             if direct:
-                # What manual_backward + opt.step() do here, without dispatching hooks that no
-                # callback and no module overrides (see _step_hooks_are_no_ops).
-                raw.zero_grad(set_to_none=True)
-                loss.backward()
-                opt._on_before_step()  # Lightning's step counter (global_step) and profiler
-                self.on_before_optimizer_step(raw)
-                raw.step()
-                opt._on_after_step()
+                self._direct_step(loss, opt, raw)
             else:
                 opt.zero_grad(set_to_none=True)
                 self.manual_backward(loss)
@@ -445,6 +485,122 @@ class GenerativeModule(L.LightningModule):
                 sched.step()
             last = loss.detach()
         return True, last
+
+    def _direct_step(self, loss: Tensor, opt: Any, raw: torch.optim.Optimizer) -> None:
+        """What manual_backward + opt.step() do here, without dispatching hooks that no callback
+        and no module overrides (see _step_hooks_are_no_ops)."""
+        raw.zero_grad(set_to_none=True)
+        loss.backward()
+        opt._on_before_step()  # Lightning's step counter (global_step) and profiler
+        self.on_before_optimizer_step(raw)
+        raw.step()
+        opt._on_after_step()
+
+    # Which backend ``cuda_graph`` uses: None for torch.cuda.CUDAGraph; "eager" for the CPU
+    # stand-in of the tests (vaelab.graphs.EagerStand), which runs the step instead of replaying.
+    _graph_backend: str | None = None
+
+    def _take_graphed_steps(
+        self,
+        xs: Tensor,
+        opt: Any,
+        raw: torch.optim.Optimizer,
+        direct: bool,
+        step_scheds: list[Any],
+        max_steps: int,
+    ) -> tuple[bool, Tensor | None]:
+        """``_take_steps`` with ``cuda_graph``: eager warm-up steps, then the captured step
+        replayed for every minibatch of the captured shape (others run eagerly). The replayed
+        steps' rows are read back once, at the end of the block (or before an eager step)."""
+        g = self._graph
+        if g is None:
+            g = self._build_graphed_step(raw, direct)
+        g.found.zero_()
+        pending: list[tuple[int, Tensor]] = []  # (step, output row) of replayed steps
+        last = None
+        for x in xs:
+            if 0 <= max_steps <= self.global_step:
+                self._flush_graphed(pending)
+                return False, last  # trainer.max_steps: stop at the exact step
+            if not g.ready_for(x):
+                self._flush_graphed(pending)  # rows stay in step order
+                with g.backend.warmup():
+                    loss = self._loss_and_log(x)
+                    self._direct_step(loss, opt, raw)
+                g.eager_steps += 1
+                if g.first_shape is None:
+                    g.first_shape = x.shape
+                if not g.captured and g.eager_steps >= g.WARMUP_STEPS and x.shape == g.first_shape:
+                    g.capture(x)  # records the step; runs nothing
+                last = loss.detach()
+            else:
+                step = self.global_step
+                self.model.set_training_step(step)
+                opt._on_before_step()
+                row = g.step(x)
+                opt._on_after_step()
+                pending.append((step, row))
+                last = row[0]
+            for sched in step_scheds:
+                sched.step()
+        self._flush_graphed(pending)
+        return True, last
+
+    def _build_graphed_step(self, raw: torch.optim.Optimizer, direct: bool) -> GraphedStep:
+        fix = "or set module.cuda_graph=false"
+        overrides = (
+            type(self).on_before_optimizer_step is not GenerativeModule.on_before_optimizer_step
+        )
+        if not direct or overrides:
+            raise ValueError(
+                "module.cuda_graph=true replays whole optimizer steps, so nothing may run between "
+                "the backward pass and the optimizer step: it needs one device, 32-bit or "
+                "bf16-mixed precision (no loss scaler), no profiler, and no callback or module "
+                "overriding on_before_backward, on_after_backward or on_before_optimizer_step. "
+                f"This run has one of these; remove it, {fix}."
+            )
+        if not isinstance(raw, torch.optim.Adam | torch.optim.AdamW) or not all(
+            group.get("fused") for group in raw.param_groups
+        ):
+            raise ValueError(
+                "module.cuda_graph=true needs fused Adam or AdamW (optimizer.fused=true): the "
+                "fused kernel is what skips a non-finite step on the device; got "
+                f"{type(raw).__name__} with fused={[g.get('fused') for g in raw.param_groups]}. "
+                f"Set optimizer.fused=true, {fix}."
+            )
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        if self._graph_backend == "eager":
+            backend: CudaGraphBackend | EagerStand = EagerStand(params)
+        else:
+            backend = CudaGraphBackend(params[0].device)
+        g = GraphedStep(
+            self.train_forward, self._training_values, params, raw, backend, self.check_grads
+        )
+        self.__dict__["_graph"] = g
+        return g
+
+    def _flush_graphed(self, pending: list[tuple[int, Tensor]]) -> None:
+        """Read the replayed steps' rows (one device-to-host copy), write the logging steps' rows
+        under their steps, and stop at the first non-finite step."""
+        if not pending:
+            return
+        g = self._graph
+        assert g is not None and g.names is not None
+        rows = torch.stack([r for _, r in pending]).tolist()
+        steps = [s for s, _ in pending]
+        pending.clear()
+        every = max(1, self.trainer.log_every_n_steps)
+        skipped = "its optimizer step and the block's later ones were skipped on the device"
+        for step, row in zip(steps, rows, strict=True):
+            loss, norm = row[0], row[-1]
+            if not math.isfinite(loss):
+                self._stop(f"training loss is {loss}", f"{skipped}, so no weights changed", step)
+            if not math.isfinite(norm):
+                self._stop(f"gradient norm is {norm}", f"{skipped}, so no weights changed", step)
+            if step % every == 0 and step != self._last_logged_step:
+                self._last_logged_step = step
+                self.log("train/loss", loss, logger=False)
+                self._write_training_row(step, dict(zip(g.names, row[:-1], strict=True)))
 
     def _step_hooks_are_no_ops(self, opt: Any) -> bool:
         """Whether the K-step block may run backward and the optimizer step directly.
@@ -557,15 +713,23 @@ class GenerativeModule(L.LightningModule):
         values written are kept as floats in ``last_train_metrics``; the progress bar shows
         ``train/loss`` from there, and ``vaelab-train`` puts them in ``metrics.json``.
         """
+        values = self._training_values(loss, terms)
+        self.log("train/loss", values["train/loss"], logger=False)
+        # One device-to-host copy for all of them (a NaN stays a NaN: it is reported, not dropped).
+        scalars = torch.stack([v.float() for v in values.values()]).tolist()
+        self._write_training_row(step, dict(zip(values, scalars, strict=True)))
+
+    def _training_values(self, loss: Tensor, terms: Terms) -> dict[str, Tensor]:
+        """The ``train/*`` values of one step, as 0-d tensors (the loss first)."""
         values = {"train/loss": loss.detach()}
         for name, value in terms.items().items():
             values[f"train/{name}"] = value.detach().float().mean()
         if has_bits_per_dim(self.data_kind):  # not defined for x / 255 ("unit") data
             values["train/bpd"] = self._bpd(-terms.elbo.detach().float()).mean()
-        self.log("train/loss", values["train/loss"], logger=False)
-        # One device-to-host copy for all of them (a NaN stays a NaN: it is reported, not dropped).
-        scalars = torch.stack([v.float() for v in values.values()]).tolist()
-        self.last_train_metrics = dict(zip(values, scalars, strict=True))
+        return values
+
+    def _write_training_row(self, step: int, scalars: dict[str, float]) -> None:
+        self.last_train_metrics = scalars
         if self.trainer.is_global_zero:  # train/* are rank 0's batch means
             row = {**self.last_train_metrics, "epoch": self.current_epoch}
             for logger in self.loggers:
@@ -582,14 +746,18 @@ class GenerativeModule(L.LightningModule):
             self._stop(f"gradient norm is {norm.item()}")
 
     def _stop(
-        self, what: str, when: str = "before the optimizer step, so no weights changed"
+        self,
+        what: str,
+        when: str = "before the optimizer step, so no weights changed",
+        step: int | None = None,
     ) -> None:
         from vaelab.checkpoints import checkpoint_paths
 
         kept = checkpoint_paths(self.trainer)["last"]
         last = f" The last good checkpoint is kept: {kept}." if kept else ""
         raise NonFiniteError(
-            f"{what} at global step {self.global_step} (epoch {self.current_epoch}); training "
+            f"{what} at global step {self.global_step if step is None else step} (epoch "
+            f"{self.current_epoch}); training "
             f"stopped {when}.{last} Lower the learning rate, enable gradient clipping "
             "(trainer.gradient_clip_val=...), or check the data."
         )
@@ -666,6 +834,8 @@ class GenerativeModule(L.LightningModule):
                 f"weights {', '.join(bad[:3])} are not finite",
                 "before writing the checkpoint, so no checkpoint holds them",
             )
+        if self._graph is not None:  # learning rates as numbers, as a run without a graph has
+            self._graph.restore_checkpoint_types(checkpoint)
         # The current run's config (vaelab.train checks on resume that it matches the stored one).
         if self.run_config is not None:
             checkpoint["vaelab_config"] = self.run_config

@@ -55,6 +55,7 @@ def _run(tmp_path: Path, data: Path, name: str, extra: list[str]) -> tuple[dict,
         "automatic": objects["module"].automatic_optimization,
         "callbacks": objects["trainer"].callbacks,
         "compiled": objects["module"].train_forward is not objects["module"].model,
+        "graph": objects["module"].graph_summary,
     }
     return state, rows, info
 
