@@ -7,12 +7,14 @@ STAMP := $(VENV)/.installed-stamp
 VAELAB_DATA_DIR ?= $(if $(wildcard ../shared/data/MNIST/raw),$(abspath ../shared/data),$(CURDIR)/data)
 export VAELAB_DATA_DIR
 ARGS ?=
+# make test: pytest-xdist worker processes (each test runs on one thread; 0 = in this process).
+TEST_WORKERS ?= 2
 
 .PHONY: install train test test-all lint format bench clean help
 
 help:
 	@echo "make train  - train the default experiment (VAE, dynamically binarized MNIST); ARGS='k=v ...'"
-	@echo "make test   - run the test suite (slow tests excluded; make test-all for everything)"
+	@echo "make test   - run the test suite on TEST_WORKERS=2 processes (slow tests excluded; make test-all for everything)"
 	@echo "make lint   - ruff check + format check"
 	@echo "make bench  - benchmarks/epoch_speed.py (vaelab vs a hand-written PyTorch loop)"
 	@echo "make install- create $(VENV) and install vaelab with its dev extras"
@@ -30,10 +32,10 @@ train: $(STAMP)
 	$(BIN)/vaelab-train $(ARGS)
 
 test: $(STAMP)
-	$(BIN)/python -m pytest $(ARGS)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist worksteal $(ARGS)
 
 test-all: $(STAMP)
-	$(BIN)/python -m pytest -m "" $(ARGS)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist worksteal -m "" $(ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks scripts
