@@ -73,6 +73,29 @@ def test_graphed_steps_equal_eager_steps_bitwise(
     assert all(type(v) is float for v in ckpt["lr_schedulers"][0]["_last_lr"])
 
 
+def test_graphed_hvae_iwae_steps_equal_eager_steps_bitwise(
+    stand: None, fake_mnist: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Two stochastic layers and the importance-weighted bound (k = 2): more terms in each row.
+    vae_keys = ("model.encoder", "model.latent_dim")
+    monkeypatch.setattr(
+        "tests.integration.test_steps_per_batch.BASE",
+        [o for o in BASE if not o.startswith(vae_keys)],
+    )
+    hvae = [
+        *EXACT[:-1],  # no beta warm-up: the bound L_k has none
+        "model=hvae",
+        "model.layers=[{latent_dim:6,hidden:[16]},{latent_dim:3,hidden:[8]}]",
+        "model.objective.iwae_samples=2",
+    ]
+    eager = _run(tmp_path, fake_mnist, "eager", hvae)
+    graphed = _run(tmp_path, fake_mnist, "graphed", [*hvae, "module.cuda_graph=true"])
+    assert graphed[2]["graph"] == {"captured": True, "eager_steps": 3, "replays": 17}
+    assert any("iwae_bound_k2" in k for k in eager[1][0])
+    graphed[2]["lr"] = [float(v) for v in graphed[2]["lr"]]
+    _assert_same(eager, graphed)
+
+
 def test_graphed_steps_with_a_float64_schedule_equal_eager_up_to_float32_rounding(
     stand: None, fake_mnist: Path, tmp_path: Path
 ) -> None:
