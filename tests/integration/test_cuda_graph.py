@@ -96,6 +96,27 @@ def test_graphed_hvae_iwae_steps_equal_eager_steps_bitwise(
     _assert_same(eager, graphed)
 
 
+@pytest.mark.slow  # two fits, each compiling the forward and backward (~10-30 s here)
+def test_a_compiled_forward_in_the_graph_path_compiles_once_and_equals_compiled_eager(
+    stand: None, fake_mnist: Path, tmp_path: Path
+) -> None:
+    # On a GPU the compiled forward runs inside the capture: a recompile there (a guard on the
+    # capture flag, say) would compile inside a CUDA graph. One graph for warm-up and replays.
+    from torch._dynamo.utils import counters
+
+    extra = [*EXACT, "module.compile=true"]
+    torch._dynamo.reset()
+    eager = _run(tmp_path, fake_mnist, "eager", extra)
+    torch._dynamo.reset()
+    counters.clear()
+    graphed = _run(tmp_path, fake_mnist, "graphed", [*extra, "module.cuda_graph=true"])
+    assert counters["stats"]["unique_graphs"] == 1, dict(counters["stats"])
+    assert eager[2]["compiled"] and graphed[2]["compiled"]
+    assert graphed[2]["graph"] == {"captured": True, "eager_steps": 3, "replays": 17}
+    graphed[2]["lr"] = [float(v) for v in graphed[2]["lr"]]
+    _assert_same(eager, graphed)
+
+
 def test_graphed_steps_with_a_float64_schedule_equal_eager_up_to_float32_rounding(
     stand: None, fake_mnist: Path, tmp_path: Path
 ) -> None:
