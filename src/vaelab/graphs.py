@@ -117,8 +117,8 @@ class GraphedStep:
 
     ``forward`` maps the static input to ``Terms``; ``values`` maps ``(loss, terms)`` to the 0-d
     tensors logged as ``train/*`` (the loss first). After each ``step`` the output vector
-    ``out`` holds those values and, last, the gradient norm (NaN-free zero without
-    ``check_grads``); ``found`` is 1 once a step of the current block was not finite.
+    ``out`` holds those values and, last, the gradient norm (0 without ``check_grads``);
+    ``found`` is 1 once a step of the current block was not finite.
     """
 
     WARMUP_STEPS = 3  # eager steps on the side stream before the capture (torch's recipe)
@@ -202,6 +202,15 @@ class GraphedStep:
         self.replays += 1
         assert self.out is not None
         return self.out.clone()
+
+    def release(self) -> None:
+        """Give the optimizer back as it was (at the end of the fit): numbers for learning rates
+        (float32-rounded, as trained), ``capturable`` as before, no ``found_inf``."""
+        self.optimizer.__dict__.pop("found_inf", None)
+        for group, before in zip(self.optimizer.param_groups, self.capturable_before, strict=True):
+            if isinstance(group["lr"], Tensor):
+                group["lr"] = float(group["lr"])
+            group["capturable"] = before
 
     def restore_checkpoint_types(self, checkpoint: dict[str, Any]) -> None:
         """Write the learning rates as numbers and ``capturable`` as it was into a checkpoint, so

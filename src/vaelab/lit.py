@@ -376,6 +376,7 @@ class GenerativeModule(L.LightningModule):
         g = self.__dict__.pop("_graph", None)
         self._graph = None
         if g is not None:  # what the fit's graph did (tests, and anyone asking after a fit)
+            g.release()
             self.graph_summary = {
                 "captured": g.captured,
                 "eager_steps": g.eager_steps,
