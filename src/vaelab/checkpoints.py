@@ -258,6 +258,9 @@ RESUME_FREE = (
     "module.test_num_samples",
     "module.eval_seed",
     "module.active_units",
+    # How the steps run, not what they compute: a run trained with CUDA graphs on a GPU resumes
+    # without them (e.g. on a CPU, which refuses them), and the other way round.
+    "module.cuda_graph",
 )
 
 

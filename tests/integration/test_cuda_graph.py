@@ -254,3 +254,51 @@ def test_captured_steps_on_cuda_equal_eager_steps(fake_mnist: Path, tmp_path: Pa
     for k, v in eager[0].items():
         torch.testing.assert_close(graphed[0][k], v, rtol=1e-4, atol=1e-5)
     assert [r["step"] for r in eager[1]] == [r["step"] for r in graphed[1]]
+
+
+def test_a_graphed_run_resumed_from_its_checkpoint_equals_the_uninterrupted_run(
+    stand: None, fake_mnist: Path, tmp_path: Path
+) -> None:
+    # The checkpoint holds the learning rate as a number; the resumed fit warms up and captures
+    # anew, and carries on bit for bit (10 steps an epoch in blocks of 3).
+    from tests.integration.test_resume_exact import run
+
+    g = [
+        "~trainer.limit_train_batches",
+        EXACT[1],
+        "module.cuda_graph=true",
+        "module.steps_per_batch=3",
+    ]
+    straight, _ = run([*g, "trainer.max_epochs=2"], tmp_path, fake_mnist, "straight")
+    run([*g, "trainer.max_epochs=1"], tmp_path / "a", fake_mnist, "first")
+    resumed, _ = run(
+        [*g, "trainer.max_epochs=2", "ckpt_path=last"],
+        tmp_path / "a",
+        fake_mnist,
+        "second",
+        log_dir=tmp_path / "a" / "first",
+    )
+    assert straight["module"].graph_summary["replays"] == 17
+    assert resumed["module"].graph_summary["replays"] == 7  # 10 steps: 3 warm-up, 7 replayed
+    assert resumed["trainer"].global_step == straight["trainer"].global_step == 20
+    a = read_checkpoint(tmp_path / "straight" / "checkpoints" / "last.ckpt")
+    b = read_checkpoint(tmp_path / "a" / "second" / "checkpoints" / "last.ckpt")
+    for name, value in a["state_dict"].items():
+        assert torch.equal(value, b["state_dict"][name]), name
+    sa, sb = a["optimizer_states"][0]["state"], b["optimizer_states"][0]["state"]
+    for i in sa:
+        for key in ("exp_avg", "exp_avg_sq", "step"):
+            assert torch.equal(sa[i][key], sb[i][key]), (i, key)
+    # Resumed without the graph (module.cuda_graph is free to change on resume): the same again.
+    eager = [o for o in g if o != "module.cuda_graph=true"]
+    third, _ = run(
+        [*eager, "trainer.max_epochs=2", "ckpt_path=last"],
+        tmp_path / "a",
+        fake_mnist,
+        "third",
+        log_dir=tmp_path / "a" / "first",
+    )
+    assert third["module"].graph_summary is None and third["trainer"].global_step == 20
+    c = read_checkpoint(tmp_path / "a" / "third" / "checkpoints" / "last.ckpt")
+    for name, value in a["state_dict"].items():
+        assert torch.equal(value, c["state_dict"][name]), name
