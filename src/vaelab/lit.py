@@ -334,7 +334,7 @@ class GenerativeModule(L.LightningModule):
 
     def on_fit_start(self) -> None:
         self._direct_steps = None
-        self.__dict__["_graph"] = None
+        self._graph = None
         if self.device.type == "cpu" and os.environ.get(_NVML_CHECK) == "1":
             self._nvml_check = os.environ.pop(_NVML_CHECK)  # see _NVML_CHECK
         if not self.automatic_optimization:
@@ -373,8 +373,7 @@ class GenerativeModule(L.LightningModule):
             active.total.completed = other.total.completed
 
     def teardown(self, stage: str) -> None:
-        g = self.__dict__.pop("_graph", None)
-        self._graph = None
+        g, self._graph = self._graph, None
         if g is not None:  # what the fit's graph did (tests, and anyone asking after a fit)
             g.release()
             self.graph_summary = {
@@ -577,7 +576,7 @@ class GenerativeModule(L.LightningModule):
         g = GraphedStep(
             self.train_forward, self._training_values, params, raw, backend, self.check_grads
         )
-        self.__dict__["_graph"] = g
+        self._graph = g
         return g
 
     def _flush_graphed(self, pending: list[tuple[int, Tensor]]) -> None:

@@ -6,6 +6,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import lightning as L
+import torch
 
 from vaelab import train as train_mod
 
@@ -30,3 +31,13 @@ def extra_callbacks(*callbacks: L.Callback, first: bool = False) -> Iterator[Non
         yield
     finally:
         train_mod.build = real_build
+
+
+def assert_same_checkpoints(a: dict, b: dict, adam_keys: tuple[str, ...]) -> None:
+    """Two loaded checkpoints hold bitwise-equal weights and Adam state (``adam_keys``)."""
+    for name, value in a["state_dict"].items():
+        assert torch.equal(value, b["state_dict"][name]), name
+    sa, sb = a["optimizer_states"][0]["state"], b["optimizer_states"][0]["state"]
+    for i in sa:
+        for key in adam_keys:
+            assert torch.equal(sa[i][key], sb[i][key]), (i, key)

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from tests.conftest import compose_train
-from tests.helpers.training import extra_callbacks
+from tests.helpers.training import assert_same_checkpoints, extra_callbacks
 from vaelab import train as train_mod
 from vaelab.utils import read_checkpoint
 
@@ -64,9 +64,4 @@ def test_two_epochs_equal_one_plus_resumed_one_bit_for_bit(
     assert {s: resumed_draws[s] for s in range(4, 8)} == {s: straight_draws[s] for s in range(4, 8)}
     a = read_checkpoint(tmp_path / "straight" / "checkpoints" / "last.ckpt")
     b = read_checkpoint(tmp_path / "a" / "second" / "checkpoints" / "last.ckpt")
-    for name, value in a["state_dict"].items():
-        assert torch.equal(value, b["state_dict"][name]), name
-    sa, sb = a["optimizer_states"][0]["state"], b["optimizer_states"][0]["state"]
-    for i in sa:
-        for key in ("exp_avg", "exp_avg_sq"):
-            assert torch.equal(sa[i][key], sb[i][key]), (i, key)
+    assert_same_checkpoints(a, b, ("exp_avg", "exp_avg_sq"))
