@@ -100,8 +100,8 @@ def plain_pytorch_environment():
 
 class BareLoop:
     """vaelab's model and optimizer (``instantiate(cfg.model)``, ``cfg.optimizer``) in a plain
-    PyTorch loop, one optimizer step per ``step(i)``, on vaelab's dynamic binarization of the uint8
-    images (``i`` modulo ``num_batches``, as in ``handwritten.HandLoop``)."""
+    PyTorch loop, one optimizer step per ``step(i)``, on vaelab's gather and dynamic binarization
+    of the uint8 images (``i`` modulo ``num_batches``, as in ``handwritten.HandLoop``)."""
 
     def __init__(self, cfg, data: torch.Tensor, device: torch.device) -> None:
         from hydra.utils import instantiate
@@ -117,7 +117,8 @@ class BareLoop:
 
     def step(self, i: int) -> None:
         bs, i = self.batch_size, i % self.num_batches
-        x = dynamic_binarize(self.data[self.order[i * bs : (i + 1) * bs]], self.g)
+        # index_select, as vaelab's loader gathers (the hand-written loop indexes: data[idx])
+        x = dynamic_binarize(self.data.index_select(0, self.order[i * bs : (i + 1) * bs]), self.g)
         loss = self.model(x).loss
         self.opt.zero_grad(set_to_none=True)
         loss.backward()

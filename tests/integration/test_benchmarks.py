@@ -136,3 +136,15 @@ def test_batch_split_times_every_phase_of_a_batch(fake_mnist: Path, tmp_path: Pa
     # The phases tile the interval between batch starts (medians, so not exactly).
     total = sum(rep[n] for n in (*phases, "to_next_batch"))
     assert 0.7 * rep["batch"] < total < 1.3 * rep["batch"], (total, rep)
+
+
+def test_gather_speed_compares_the_two_gathers(tmp_path: Path) -> None:
+    out = tmp_path / "gather.json"
+    r = run_benchmark(
+        "gather_speed.py",
+        ["--images", "500", "--reps", "20", "--batch-sizes", "20", "--json", str(out)],
+        tmp_path,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    row = json.loads(out.read_text())["batch"]["20"]
+    assert row["indexing"] > 0 and row["index_select"] > 0 and row["ratio"] > 0, row

