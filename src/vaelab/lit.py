@@ -409,8 +409,9 @@ class GenerativeModule(L.LightningModule):
         self.model.set_training_step(step)
         terms = self.train_forward(x)
         loss = terms.loss
-        if not torch.isfinite(loss):
-            self._stop(f"training loss is {loss.item()}")
+        value = loss.item()  # one read (bool(torch.isfinite(loss)) is an op more: 6.7 vs 0.3 us)
+        if not math.isfinite(value):
+            self._stop(f"training loss is {value}")
         # Once per logging step (with gradient accumulation several batches share a global step).
         if step % max(1, self.trainer.log_every_n_steps) == 0 and step != self._last_logged_step:
             self._last_logged_step = step
