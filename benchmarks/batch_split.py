@@ -21,7 +21,13 @@ Everything but ``step`` and ``transform`` is Lightning's per-batch loop. After t
 process times ``epoch_speed.BareLoop`` (vaelab's model in a plain loop, transform included) over
 as many steps, for scale (not paired with the fit). The stamps cost about a microsecond each.
 
+``--noop-step MB`` replaces ``training_step`` by one that trains nothing and only writes to an
+``MB``-megabyte float buffer (0: touches nothing), to see what Lightning's loop costs by itself and
+how much of it is the caches a real step leaves cold (the VAE's step reads and writes about 7 MB:
+weights, gradients and Adam's two moments, 425 K parameters each).
+
     OMP_NUM_THREADS=1 python benchmarks/batch_split.py [--batch-size 100] [--json FILE] [overrides]
+    OMP_NUM_THREADS=1 python benchmarks/batch_split.py --noop-step 0   # then 8, 32
 """
 
 from __future__ import annotations
@@ -65,8 +71,10 @@ class _Stamp(Callback):
             self.stamps[self.end].append(time.perf_counter())
 
 
-def split_fit(cfg, data: torch.Tensor) -> dict[str, float]:
-    """One epoch of the ``vaelab-train`` fit of ``cfg``; median ms of each phase per batch."""
+def split_fit(cfg, data: torch.Tensor, noop_mb: int | None = None) -> dict[str, float]:
+    """One epoch of the ``vaelab-train`` fit of ``cfg``; median ms of each phase per batch.
+
+    With ``noop_mb``, ``training_step`` trains nothing and writes to a buffer of that many MB."""
     st: dict[str, list[float]] = {
         k: [] for k in ("start", "step0", "step1", "end0", "end1", "tf0", "tf1")
     }
@@ -76,6 +84,12 @@ def split_fit(cfg, data: torch.Tensor) -> dict[str, float]:
     trainer.callbacks.insert(0, _Stamp(st, "start", "end0"))
     trainer.callbacks.append(_Stamp(st, None, "end1"))
     step = module.training_step
+    if noop_mb is not None:
+        buf = torch.zeros(noop_mb * 2**18)  # 2**18 float32 = 1 MB
+
+        def step(x: torch.Tensor, batch_idx: int) -> None:  # trains nothing
+            if buf.numel():
+                buf.add_(1.0)
 
     def training_step(x: torch.Tensor, batch_idx: int):
         st["step0"].append(time.perf_counter())
@@ -150,6 +164,13 @@ def main() -> None:
     p.add_argument("--reps", type=int, default=2, help="fits, each followed by the bare loop")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data-dir", default=os.environ.get("VAELAB_DATA_DIR", "../shared/data"))
+    p.add_argument(
+        "--noop-step",
+        type=int,
+        default=None,
+        metavar="MB",
+        help="training_step trains nothing and writes to an MB-megabyte buffer (0: nothing)",
+    )
     p.add_argument("--json", default=None, help="write the results here")
     p.add_argument("overrides", nargs="*", help="extra Hydra overrides")
     args = p.parse_args()
@@ -159,8 +180,9 @@ def main() -> None:
     cfg = compose_cfg(args, args.batch_size, out, [])
     data = load_train(args.data_dir, args.train_images)
     reps = []
+    noop = "" if args.noop_step is None else f", no-op step writing {args.noop_step} MB"
     for _ in range(args.reps):
-        r = split_fit(cfg, data)
+        r = split_fit(cfg, data, args.noop_step)
         settle()
         r["bare_step"] = time_bare(cfg, data, r["batches"] * r["steps_per_batch"])
         loop = sum(r[k] for k in PHASES if k not in ("step", "transform"))
@@ -168,7 +190,9 @@ def main() -> None:
         reps.append(r)
         print(
             f"batch {args.batch_size}, K = {r['steps_per_batch']}, {torch.get_num_threads()} "
-            f"thr: " + ", ".join(f"{k} {r[k]:.3f}" for k in PHASES) + f" ms; Lightning's loop "
+            f"thr{noop}: "
+            + ", ".join(f"{k} {r[k]:.3f}" for k in PHASES)
+            + f" ms; Lightning's loop "
             f"{loop:.3f} ms a batch, batch {r['batch']:.3f} ms; bare step {r['bare_step']:.3f} ms"
         )
     if args.json:
@@ -181,6 +205,7 @@ def main() -> None:
                     "threads": torch.get_num_threads(),
                     "train_images": args.train_images,
                     "overrides": args.overrides,
+                    "noop_step_mb": args.noop_step,
                     "reps": reps,
                 },
                 indent=1,

@@ -138,6 +138,27 @@ def test_batch_split_times_every_phase_of_a_batch(fake_mnist: Path, tmp_path: Pa
     assert 0.7 * rep["batch"] < total < 1.3 * rep["batch"], (total, rep)
 
 
+def test_batch_split_no_op_step_times_lightnings_loop_alone(
+    fake_mnist: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "split.json"
+    r = run_benchmark(
+        "batch_split.py",
+        [
+            *("--train-images", "200", "--reps", "1", "--data-dir", str(fake_mnist)),
+            *("--noop-step", "1", "--json", str(out)),
+        ],
+        tmp_path,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    doc = json.loads(out.read_text())
+    assert doc["noop_step_mb"] == 1 and "no-op step writing 1 MB" in r.stdout
+    (rep,) = doc["reps"]
+    assert rep["steps_per_batch"] == 1 and rep["batches"] == 8, rep
+    # The step trains nothing: it costs less than a real optimizer step of the same model.
+    assert 0 < rep["step"] < rep["bare_step"], rep
+
+
 def test_gather_speed_compares_the_two_gathers(tmp_path: Path) -> None:
     out = tmp_path / "gather.json"
     r = run_benchmark(
