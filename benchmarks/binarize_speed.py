@@ -14,10 +14,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import time
 
 import torch
+from timing import alternating_medians  # benchmarks/ is on sys.path
 
 from vaelab.data.transforms import dynamic_binarize
 
@@ -39,15 +38,8 @@ def main() -> None:
     out: dict = {"threads": torch.get_num_threads(), "device": args.device, "batch": {}}
     for bs in args.batch_sizes:
         x = torch.randint(0, 256, (bs, 1, 28, 28), dtype=torch.uint8, device=device)
-        times: dict[str, list[float]] = {"torch_bernoulli": [], "vaelab": []}
-        for _ in range(args.reps):
-            for name, fn in (("torch_bernoulli", torch_bernoulli), ("vaelab", dynamic_binarize)):
-                t0 = time.perf_counter()
-                fn(x, g)
-                if device.type == "cuda":
-                    torch.cuda.synchronize()
-                times[name].append(time.perf_counter() - t0)
-        us = {k: round(1e6 * statistics.median(v), 1) for k, v in times.items()}
+        arms = {"torch_bernoulli": torch_bernoulli, "vaelab": dynamic_binarize}
+        us = alternating_medians(arms, lambda r, x=x: (x, g), args.reps, device)
         us["ratio"] = round(us["vaelab"] / us["torch_bernoulli"], 3)
         out["batch"][str(bs)] = us
     print(json.dumps(out, indent=1))

@@ -14,10 +14,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import time
 
 import torch
+from timing import alternating_medians  # benchmarks/ is on sys.path
 
 
 def main() -> None:
@@ -40,18 +39,12 @@ def main() -> None:
     out: dict = {"threads": torch.get_num_threads(), "device": args.device, "batch": {}}
     for bs in args.batch_sizes:
         n = args.images // bs
-        times: dict[str, list[float]] = {k: [] for k in arms}
-        for r in range(args.reps):
-            idx = order[(r % n) * bs : (r % n + 1) * bs]
-            for name, fn in arms.items():
-                t0 = time.perf_counter()
-                y = fn(idx)
-                if device.type == "cuda":
-                    torch.cuda.synchronize()
-                times[name].append(time.perf_counter() - t0)
-            if r == 0 and not torch.equal(data[idx], y):
-                raise AssertionError("index_select and indexing differ")
-        us = {k: round(1e6 * statistics.median(v), 1) for k, v in times.items()}
+        idx0 = order[:bs]
+        if not torch.equal(arms["indexing"](idx0), arms["index_select"](idx0)):
+            raise AssertionError("index_select and indexing differ")
+        us = alternating_medians(
+            arms, lambda r, bs=bs, n=n: (order[(r % n) * bs : (r % n + 1) * bs],), args.reps, device
+        )
         us["ratio"] = round(us["index_select"] / us["indexing"], 3)
         out["batch"][str(bs)] = us
     print(json.dumps(out, indent=1))

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import gc
+import statistics
 import time
+from collections.abc import Callable
 
 import lightning as L
 import torch
@@ -23,6 +25,27 @@ def settle() -> None:
     before the plain-PyTorch arms). The collector stays on during the epoch, as in training.
     """
     gc.collect()
+
+
+def alternating_medians(
+    arms: dict[str, Callable[..., object]],
+    inputs: Callable[[int], tuple],
+    reps: int,
+    device: torch.device,
+) -> dict[str, float]:
+    """Median microseconds per call of each arm, called in turn on the same ``inputs(r)`` for
+    ``r`` in ``range(reps)`` (built before the clock starts), so the machine's drift moves every
+    arm alike; on CUDA each call is timed to its end (``synchronize``)."""
+    times: dict[str, list[float]] = {name: [] for name in arms}
+    for r in range(reps):
+        args = inputs(r)
+        for name, fn in arms.items():
+            t0 = time.perf_counter()
+            fn(*args)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            times[name].append(time.perf_counter() - t0)
+    return {name: round(1e6 * statistics.median(v), 1) for name, v in times.items()}
 
 
 class EpochTimer(Callback):
