@@ -43,7 +43,7 @@ from pathlib import Path
 import torch
 from handwritten import run_epoch as run_hand  # benchmarks/ is on sys.path
 from hydra import compose, initialize_config_dir
-from timing import run_plain_lightning, run_vaelab_epoch, settle
+from timing import run_plain_lightning, run_vaelab_epoch, settle, write_json
 
 from vaelab.config import config_dir
 from vaelab.data.transforms import dynamic_binarize
@@ -299,11 +299,11 @@ def main() -> None:
                 )
         result["batch"][str(bs)] = res
         print(json.dumps({f"batch {bs}": res}, indent=1), flush=True)
+        write_json(args.json, result, complete=False)
     if args.ll:
         result.update(time_ll(cfg, args.data_dir, args.ll_images, args.ll_k, args.ll_batch))
     print(json.dumps(result, indent=2))
-    if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+    write_json(args.json, result, complete=True)
     if args.max_ratio is not None:
         worst = max(b["vaelab"]["ratio"] for b in result["batch"].values())
         if worst > args.max_ratio:

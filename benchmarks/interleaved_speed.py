@@ -44,7 +44,7 @@ import torch
 from epoch_speed import BareLoop, compose_cfg, layer_spec, load_train  # benchmarks/ on sys.path
 from handwritten import HandLoop
 from lightning.pytorch.callbacks import Callback
-from timing import settle
+from timing import settle, write_json
 
 from vaelab.train import build
 
@@ -220,9 +220,9 @@ def main() -> None:
             res = summarise(run_interleaved(cfg, data, args.slot, args.no_bare))
             result["batch"][str(bs)][name] = res
             print(json.dumps({f"batch {bs}, {name}": res}, indent=1), flush=True)
+            write_json(args.json, result, complete=False)
     print(json.dumps(result, indent=2))
-    if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+    write_json(args.json, result, complete=True)
 
 
 if __name__ == "__main__":

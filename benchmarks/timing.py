@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import gc
+import json
+import os
 import statistics
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import lightning as L
 import torch
@@ -25,6 +28,19 @@ def settle() -> None:
     before the plain-PyTorch arms). The collector stays on during the epoch, as in training.
     """
     gc.collect()
+
+
+def write_json(path: str | None, result: dict, complete: bool) -> None:
+    """Write ``result`` (with ``"complete": complete``) to ``path`` whole or not at all: a
+    benchmark writes after each arm or batch size it finishes, so a run stopped by a time limit
+    (``timeout`` in ``gpu_checks.sh``) keeps what it measured, and a kill during the write leaves
+    the previous file (a temporary file renamed over it)."""
+    if not path:
+        return
+    dest = Path(path)
+    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps({**result, "complete": complete}, indent=2) + "\n")
+    os.replace(tmp, dest)
 
 
 def alternating_medians(

@@ -52,6 +52,7 @@ def test_epoch_speed_reports_every_ratio(fake_mnist: Path, tmp_path: Path) -> No
                 # Sane numbers, not a speed claim: at 3 steps an epoch one interval slowed by
                 # another process moves a ratio a lot (a run beside a benchmark saw 0.199).
                 assert 0.05 < v[key] < 20.0, (bs, arm, key, v[key])
+    assert d["complete"] is True
     full = d["batch"]["20"]["vaelab"]["full_iwae_schedule_h"]
     per_step = d["batch"]["20"]["vaelab"]["ms_per_step"]
     assert abs(full - per_step * 3280 * 2980 / 3.6e6) < 0.01
@@ -110,10 +111,34 @@ def test_interleaved_speed_pairs_every_arm_round_by_round(fake_mnist: Path, tmp_
             assert a["timed_groups"] == 4 * (6 - k) // k, (name, arm, a)
             for key in ("ratio", "pair_ratio_median", "median_ratio"):
                 assert 0.05 < a[key] < 20.0, (name, arm, key, a[key])
+    assert d["complete"] is True
     table = run_benchmark("speed_table.py", [str(out)], tmp_path)
     assert table.returncode == 0, table.stderr[-3000:]
     assert len(table.stdout.splitlines()) == 2 + 2 * 3  # one row per fit and arm
     assert "| `k2` (module.steps_per_batch=2) | 4 |" in table.stdout
+
+
+def test_a_benchmark_stopped_partway_keeps_the_arms_it_measured(
+    fake_mnist: Path, tmp_path: Path
+) -> None:
+    # gpu_checks.sh bounds each benchmark with `timeout`: what finished before the stop must be in
+    # the JSON. Here the second fit stops the run (K = 4 does not divide the slot of 6).
+    out = tmp_path / "partial.json"
+    r = run_benchmark(
+        "interleaved_speed.py",
+        [
+            *("--train-images", "300", "--batch-sizes", "20", "--slot", "6"),
+            *("--data-dir", str(fake_mnist), "--variant", "k4=module.steps_per_batch=4"),
+            *("--json", str(out)),
+        ],
+        tmp_path,
+    )
+    assert r.returncode != 0 and "--slot 6 must be a multiple" in r.stderr, r.stderr[-3000:]
+    d = json.loads(out.read_text())
+    assert d["complete"] is False
+    assert set(d["batch"]["20"]) == {"vaelab"}  # the fit that finished, and only it
+    assert d["batch"]["20"]["vaelab"]["rounds"] >= 1
+    assert [f.name for f in tmp_path.iterdir() if f.name.endswith(".tmp")] == []
 
 
 def test_batch_split_times_every_phase_of_a_batch(fake_mnist: Path, tmp_path: Path) -> None:
