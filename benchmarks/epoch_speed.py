@@ -38,6 +38,7 @@ import os
 import statistics
 import sys
 import time
+import traceback
 from pathlib import Path
 
 import torch
@@ -265,6 +266,7 @@ def main() -> None:
         "device": args.device,
         "variants": {k: v for k, v in variants.items()},
         "batch": {},
+        "errors": {},
     }
     for bs in args.batch_sizes:
         cfg = compose_cfg(args, bs, out, [])
@@ -287,8 +289,15 @@ def main() -> None:
                     settle()
                     runs["bare"].append(run_bare(cfg, data, device))
             runs["vaelab"].append(run_vaelab_epoch(cfg, data))
-            for name, c in cfgs.items():
-                runs[name].append(run_vaelab_epoch(c, data))
+            for name, c in list(cfgs.items()):
+                try:
+                    runs[name].append(run_vaelab_epoch(c, data))
+                except Exception as e:
+                    # A variant this machine cannot run (say, inductor without a compiler): say so
+                    # and measure the others, rather than lose them with it.
+                    traceback.print_exc()
+                    result["errors"][f"batch {bs}, {name}"] = f"{type(e).__name__}: {e}"[:2000]
+                    del cfgs[name], runs[name]
             if args.plain_lightning:
                 runs["plain_lightning"].append(run_plain_lightning(cfg, data))
         res = summarise(runs)
@@ -304,6 +313,8 @@ def main() -> None:
         result.update(time_ll(cfg, args.data_dir, args.ll_images, args.ll_k, args.ll_batch))
     print(json.dumps(result, indent=2))
     write_json(args.json, result, complete=True)
+    if result["errors"]:
+        sys.exit(f"variants that failed: {', '.join(result['errors'])} (see above and the JSON)")
     if args.max_ratio is not None:
         worst = max(b["vaelab"]["ratio"] for b in result["batch"].values())
         if worst > args.max_ratio:

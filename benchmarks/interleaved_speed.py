@@ -36,7 +36,9 @@ import argparse
 import json
 import os
 import statistics
+import sys
 import time
+import traceback
 from pathlib import Path
 
 import lightning as L
@@ -213,16 +215,29 @@ def main() -> None:
         "variants": variants,
         "batch": {},
     }
+    result["errors"] = {}
     for bs in args.batch_sizes:
         result["batch"][str(bs)] = {}
         for name, ov in variants.items():
             cfg = compose_cfg(args, bs, out, ov)
-            res = summarise(run_interleaved(cfg, data, args.slot, args.no_bare))
+            try:
+                res = summarise(run_interleaved(cfg, data, args.slot, args.no_bare))
+            except Exception as e:
+                if name == "vaelab":
+                    raise  # the default arm is what every other arm is read against
+                # A variant this machine cannot run (say, inductor without a compiler): say so
+                # and measure the others, rather than lose them with it.
+                traceback.print_exc()
+                result["errors"][f"batch {bs}, {name}"] = f"{type(e).__name__}: {e}"[:2000]
+                write_json(args.json, result, complete=False)
+                continue
             result["batch"][str(bs)][name] = res
             print(json.dumps({f"batch {bs}, {name}": res}, indent=1), flush=True)
             write_json(args.json, result, complete=False)
     print(json.dumps(result, indent=2))
     write_json(args.json, result, complete=True)
+    if result["errors"]:
+        sys.exit(f"variants that failed: {', '.join(result['errors'])} (see above and the JSON)")
 
 
 if __name__ == "__main__":

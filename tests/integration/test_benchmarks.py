@@ -141,6 +141,36 @@ def test_a_benchmark_stopped_partway_keeps_the_arms_it_measured(
     assert [f.name for f in tmp_path.iterdir() if f.name.endswith(".tmp")] == []
 
 
+def test_a_variant_that_fails_is_reported_and_the_others_still_run(
+    fake_mnist: Path, tmp_path: Path
+) -> None:
+    # On the GPU machine a compiled variant may fail (inductor needs a compiler there): the
+    # variants after it must still be measured. Here cuda_graph, refused on a CPU, fails.
+    for script, extra in (
+        ("interleaved_speed.py", ["--train-images", "300", "--slot", "6"]),
+        ("epoch_speed.py", ["--train-images", "100", "--reps", "2", "--no-bare"]),
+    ):
+        out = tmp_path / f"{script}.json"
+        r = run_benchmark(
+            script,
+            [
+                *extra,
+                *("--batch-sizes", "20", "--data-dir", str(fake_mnist), "--json", str(out)),
+                *("--variant", "bad=module.cuda_graph=true"),
+                *("--variant", "k2=module.steps_per_batch=2"),
+            ],
+            tmp_path,
+        )
+        assert r.returncode != 0, script
+        assert "variants that failed: batch 20, bad" in r.stderr, r.stderr[-3000:]
+        d = json.loads(out.read_text())
+        assert d["complete"] is True
+        assert (
+            list(d["errors"]) == ["batch 20, bad"] and "cuda_graph" in d["errors"]["batch 20, bad"]
+        )
+        assert "k2" in d["batch"]["20"] and "bad" not in d["batch"]["20"], (script, d["batch"])
+
+
 def test_batch_split_times_every_phase_of_a_batch(fake_mnist: Path, tmp_path: Path) -> None:
     out = tmp_path / "split.json"
     r = run_benchmark(
