@@ -38,13 +38,19 @@ import os
 import statistics
 import sys
 import time
-import traceback
 from pathlib import Path
 
 import torch
 from handwritten import run_epoch as run_hand  # benchmarks/ is on sys.path
 from hydra import compose, initialize_config_dir
-from timing import run_plain_lightning, run_vaelab_epoch, settle, write_json
+from timing import (
+    exit_if_failed,
+    record_failure,
+    run_plain_lightning,
+    run_vaelab_epoch,
+    settle,
+    write_json,
+)
 
 from vaelab.config import config_dir
 from vaelab.data.transforms import dynamic_binarize
@@ -293,10 +299,7 @@ def main() -> None:
                 try:
                     runs[name].append(run_vaelab_epoch(c, data))
                 except Exception as e:
-                    # A variant this machine cannot run (say, inductor without a compiler): say so
-                    # and measure the others, rather than lose them with it.
-                    traceback.print_exc()
-                    result["errors"][f"batch {bs}, {name}"] = f"{type(e).__name__}: {e}"[:2000]
+                    record_failure(result, f"batch {bs}, {name}", e)
                     del cfgs[name], runs[name]
             if args.plain_lightning:
                 runs["plain_lightning"].append(run_plain_lightning(cfg, data))
@@ -313,8 +316,7 @@ def main() -> None:
         result.update(time_ll(cfg, args.data_dir, args.ll_images, args.ll_k, args.ll_batch))
     print(json.dumps(result, indent=2))
     write_json(args.json, result, complete=True)
-    if result["errors"]:
-        sys.exit(f"variants that failed: {', '.join(result['errors'])} (see above and the JSON)")
+    exit_if_failed(result)
     if args.max_ratio is not None:
         worst = max(b["vaelab"]["ratio"] for b in result["batch"].values())
         if worst > args.max_ratio:

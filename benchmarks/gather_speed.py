@@ -16,7 +16,7 @@ import argparse
 import json
 
 import torch
-from timing import alternating_medians  # benchmarks/ is on sys.path
+from timing import alternating_medians, write_json  # benchmarks/ is on sys.path
 
 
 def main() -> None:
@@ -48,9 +48,7 @@ def main() -> None:
         us["ratio"] = round(us["index_select"] / us["indexing"], 3)
         out["batch"][str(bs)] = us
     print(json.dumps(out, indent=1))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(out, f, indent=1)
+    write_json(args.json, out, complete=True)
 
 
 if __name__ == "__main__":

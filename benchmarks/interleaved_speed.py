@@ -36,9 +36,7 @@ import argparse
 import json
 import os
 import statistics
-import sys
 import time
-import traceback
 from pathlib import Path
 
 import lightning as L
@@ -46,7 +44,7 @@ import torch
 from epoch_speed import BareLoop, compose_cfg, layer_spec, load_train  # benchmarks/ on sys.path
 from handwritten import HandLoop
 from lightning.pytorch.callbacks import Callback
-from timing import settle, write_json
+from timing import exit_if_failed, record_failure, settle, write_json
 
 from vaelab.train import build
 
@@ -214,8 +212,8 @@ def main() -> None:
         "slot": args.slot,
         "variants": variants,
         "batch": {},
+        "errors": {},
     }
-    result["errors"] = {}
     for bs in args.batch_sizes:
         result["batch"][str(bs)] = {}
         for name, ov in variants.items():
@@ -225,10 +223,7 @@ def main() -> None:
             except Exception as e:
                 if name == "vaelab":
                     raise  # the default arm is what every other arm is read against
-                # A variant this machine cannot run (say, inductor without a compiler): say so
-                # and measure the others, rather than lose them with it.
-                traceback.print_exc()
-                result["errors"][f"batch {bs}, {name}"] = f"{type(e).__name__}: {e}"[:2000]
+                record_failure(result, f"batch {bs}, {name}", e)
                 write_json(args.json, result, complete=False)
                 continue
             result["batch"][str(bs)][name] = res
@@ -236,8 +231,7 @@ def main() -> None:
             write_json(args.json, result, complete=False)
     print(json.dumps(result, indent=2))
     write_json(args.json, result, complete=True)
-    if result["errors"]:
-        sys.exit(f"variants that failed: {', '.join(result['errors'])} (see above and the JSON)")
+    exit_if_failed(result)
 
 
 if __name__ == "__main__":

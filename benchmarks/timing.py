@@ -6,7 +6,9 @@ import gc
 import json
 import os
 import statistics
+import sys
 import time
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 
@@ -41,6 +43,19 @@ def write_json(path: str | None, result: dict, complete: bool) -> None:
     tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
     tmp.write_text(json.dumps({**result, "complete": complete}, indent=2) + "\n")
     os.replace(tmp, dest)
+
+
+def record_failure(result: dict, key: str, exc: Exception) -> None:
+    """Note in ``result["errors"][key]`` (and on stderr, with the traceback) a variant this machine
+    cannot run (say, inductor without a compiler), so that the benchmark measures the others
+    rather than lose them with it; ``exit_if_failed`` makes the run exit non-zero at the end."""
+    traceback.print_exc()
+    result["errors"][key] = f"{type(exc).__name__}: {exc}"[:2000]
+
+
+def exit_if_failed(result: dict) -> None:
+    if result["errors"]:
+        sys.exit(f"variants that failed: {', '.join(result['errors'])} (see above and the JSON)")
 
 
 def alternating_medians(
