@@ -142,12 +142,12 @@ graphs=()
 )
 step "interleaved_speed" 200 "$py" benchmarks/interleaved_speed.py --device "$dev" \
     --train-images "$imgs" --data-dir "$data" --out "$runs/interleaved" "${il[@]}" \
-    --variant k20=module.steps_per_batch=20 \
+    --variant k1=module.steps_per_batch=1 \
     --variant k20c=module.steps_per_batch=20,module.compile=true "${graphs[@]}" \
     --json "$out/interleaved.json" >"$out/interleaved.log" 2>&1
 step "epoch_speed" "$budget" "$py" benchmarks/epoch_speed.py --device "$dev" --reps "$reps" \
     --train-images "$imgs" --data-dir "$data" --out "$runs/speed" \
-    --variant k20=module.steps_per_batch=20 \
+    --variant k1=module.steps_per_batch=1 \
     --variant k20c=module.steps_per_batch=20,module.compile=true "${graphs[@]}" \
     --json "$out/epoch_speed.json" >"$out/epoch_speed.log" 2>&1
 log "total: $((SECONDS - t0)) s"

@@ -78,13 +78,25 @@ def loop_device(loop) -> torch.device:
 class Interleave(Callback):
     """Every ``slot`` optimizer steps of the Trainer, ``slot`` steps of each plain loop."""
 
-    def __init__(self, loops: dict[str, object], slot: int, k: int) -> None:
-        self.loops, self.slot, self.k = loops, slot, k
+    # It times whole Lightning batches and switches arms on block boundaries (``slot`` is a
+    # multiple of K), so it leaves ``module.steps_per_batch=auto`` at the K it would pick.
+    takes_step_blocks = True
+
+    def __init__(self, loops: dict[str, object], slot: int) -> None:
+        self.loops, self.slot, self.k = loops, slot, 1  # K: read at on_train_start
         self.rounds: list[dict[str, list[float]]] = []
         self._next = {name: 0 for name in loops}
         self._last: float | None = None
         self._last_step = 0
         self._cold = False
+
+    def on_train_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        # The K this fit runs (module.steps_per_batch=auto is resolved at setup).
+        self.k = k = int(getattr(module, "steps_per_batch", 1))
+        if self.slot % k or self.slot < 3 * k:
+            raise SystemExit(
+                f"--slot {self.slot} must be a multiple of steps_per_batch={k}, at least 3K"
+            )
 
     def on_train_epoch_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         settle()
@@ -111,9 +123,6 @@ class Interleave(Callback):
 
 def run_interleaved(cfg, data: torch.Tensor, slot: int, no_bare: bool) -> dict[str, list]:
     """One ``vaelab-train`` epoch of ``cfg`` interleaved with the plain loops: the rounds."""
-    k = int(cfg.module.get("steps_per_batch", 1))
-    if slot % k or slot < 3 * k:
-        raise SystemExit(f"--slot {slot} must be a multiple of steps_per_batch={k}, at least 3K")
     device = torch.device("cuda" if cfg.trainer.accelerator == "gpu" else "cpu")
     L.seed_everything(cfg.seed, workers=True)
     loops: dict[str, object] = {
@@ -130,12 +139,13 @@ def run_interleaved(cfg, data: torch.Tensor, slot: int, no_bare: bool) -> dict[s
         loops["bare"] = BareLoop(cfg, data, device)
     L.seed_everything(cfg.seed, workers=True)
     objects = build(cfg)
-    timer = Interleave(loops, slot, k)
+    timer = Interleave(loops, slot)
     objects["trainer"].callbacks.append(timer)
     dm = objects["datamodule"]
     dm.splits = {"train": data, "val": data[:0], "test": data[:0]}
     objects["trainer"].fit(objects["module"], datamodule=dm)
     # The last round's vaelab slot is cut short by the end of the epoch: keep complete rounds.
+    k = timer.k
     full = (slot - k) // k
     rounds = [r for r in timer.rounds if len(r["vaelab"]) >= full]
     if not rounds:
@@ -144,10 +154,10 @@ def run_interleaved(cfg, data: torch.Tensor, slot: int, no_bare: bool) -> dict[s
             f"no complete round: {n} optimizer steps an epoch, rounds of {slot}; pass more "
             f"--train-images or a smaller --slot"
         )
-    return rounds
+    return rounds, k
 
 
-def summarise(rounds: list[dict[str, list[float]]]) -> dict:
+def summarise(rounds: list[dict[str, list[float]]], k: int = 1) -> dict:
     arms = list(rounds[0])
     out: dict[str, dict] = {}
     for arm in arms:
@@ -165,7 +175,7 @@ def summarise(rounds: list[dict[str, list[float]]]) -> dict:
             statistics.median(statistics.mean(r[arm]) / statistics.mean(r["hand"]) for r in rounds),
             3,
         )
-    return {"rounds": len(rounds), "arms": out}
+    return {"rounds": len(rounds), "steps_per_batch": k, "arms": out}
 
 
 def main() -> None:
@@ -219,7 +229,7 @@ def main() -> None:
         for name, ov in variants.items():
             cfg = compose_cfg(args, bs, out, ov)
             try:
-                res = summarise(run_interleaved(cfg, data, args.slot, args.no_bare))
+                res = summarise(*run_interleaved(cfg, data, args.slot, args.no_bare))
             except Exception as e:
                 if name == "vaelab":
                     raise  # the default arm is what every other arm is read against

@@ -55,7 +55,12 @@ def main() -> None:
     p.add_argument("--data-dir", default=os.environ.get("VAELAB_DATA_DIR", "../shared/data"))
     args = p.parse_args()
     ns = argparse.Namespace(
-        model="vae", experiment=None, data_dir=args.data_dir, device="cpu", seed=0, overrides=[]
+        model="vae",
+        experiment=None,
+        data_dir=args.data_dir,
+        device="cpu",
+        seed=0,
+        overrides=["module.steps_per_batch=1"],  # it times K = 1 (auto would also keep 1 here)
     )
     data = epoch_speed.load_train(args.data_dir, args.train_images)
     alternate = Alternate()

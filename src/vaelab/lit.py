@@ -19,6 +19,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar, Timer
 from lightning.pytorch.plugins.precision import MixedPrecision, Precision
 from lightning.pytorch.profilers import PassThroughProfiler
 from lightning.pytorch.strategies import SingleDeviceStrategy
@@ -48,6 +49,16 @@ warnings.filterwarnings(
     category=PossibleUserWarning,
 )
 
+# This module writes the train/* rows itself, at every log_every_n_steps-th optimizer step
+# (_loss_and_log), so Lightning's warning that an epoch has fewer *batches* than that interval is
+# wrong with K-step blocks (module.steps_per_batch): the default run's 550 steps an epoch are 28
+# Lightning batches, and its rows at steps 0, 50, 100, ... are all written.
+warnings.filterwarnings(
+    "ignore",
+    message=r"The number of training batches \(\d+\) is smaller than the logging interval",
+    category=PossibleUserWarning,
+)
+
 # Lightning sets PYTORCH_NVML_BASED_CUDA_CHECK=1 when it is imported, so that asking whether CUDA is
 # available does not initialise CUDA before a fork. Until CUDA is initialised torch then answers
 # torch.cuda.is_available() by loading NVML afresh (dlopen + nvmlInit) on every call, and every
@@ -68,6 +79,36 @@ _AUTOMATIC_ONLY_HOOKS = (
     "lr_scheduler_step",
     "on_before_zero_grad",
 )
+
+# Callback hooks Lightning calls once per Lightning batch (or only under automatic optimization):
+# under ``steps_per_batch: auto`` a callback with one of them keeps K = 1 unless it is known to
+# take K-step blocks (``_takes_step_blocks``).
+_PER_BATCH_HOOKS = ("on_train_batch_start", "on_train_batch_end", "on_before_zero_grad")
+
+
+def _overrides(obj: Any, base: type, hook: str) -> bool:
+    return getattr(type(obj), hook, None) is not getattr(base, hook, None)
+
+
+def _takes_step_blocks(callback: L.Callback) -> bool:
+    """Whether a callback's per-batch hooks do the same with K-step blocks as with K = 1.
+
+    Lightning's progress bars (they count blocks), checkpoints (their step interval is checked
+    against K: ``_step_blocks_obstacle``) and ``Timer`` (it reads the clock); and any callback
+    with ``takes_step_blocks = True`` (vaelab's ``ResumeState``; benchmarks' timers). Others, e.g.
+    ``LearningRateMonitor(logging_interval="step")``, would run once per block, so ``auto`` keeps
+    K = 1 for them.
+    """
+    if getattr(callback, "takes_step_blocks", False):
+        return True
+    return isinstance(callback, ProgressBar | ModelCheckpoint | Timer)
+
+
+# ``steps_per_batch: auto`` (vaelab-train's default): K optimizer steps per Lightning batch when
+# nothing in the run can tell K-step blocks from K = 1 (``GenerativeModule._auto_steps_obstacle``).
+# 20 pays Lightning's per-batch loop once per 20 steps: eager K = 20 ran at 1.02-1.10x the
+# hand-written loop where K = 1 ran at 1.20-1.28x (README "Speed", two threads).
+AUTO_STEPS_PER_BATCH = 20
 
 OptimizerFactory = Callable[[Iterable[torch.nn.Parameter]], torch.optim.Optimizer]
 SchedulerFactory = Callable[[torch.optim.Optimizer], Any]
@@ -148,7 +189,14 @@ class GenerativeModule(L.LightningModule):
             checkpoints whose interval is not a multiple of K. With ``K = 1`` (the default) the
             same block runs with one minibatch, under manual optimization, where that is exactly
             what Lightning's automatic optimization does (``_setup_single_step_blocks``), and
-            automatic optimization runs otherwise.
+            automatic optimization runs otherwise. ``"auto"`` (``vaelab-train``'s default) picks
+            ``K = AUTO_STEPS_PER_BATCH`` (20) at the start of each fit when nothing in the run
+            can tell the blocks from K = 1, and K = 1 otherwise, saying why
+            (``_auto_steps_obstacle``: what K > 1 refuses, ``limit_train_batches`` or
+            ``val_check_interval`` counted in batches, ``fast_dev_run``, a profiler, a loss
+            scaler, ``ReduceLROnPlateau``, or a callback or module hook that runs once per
+            Lightning batch and is not known to take blocks); the resolved K is
+            ``steps_per_batch`` after ``setup``.
         compile: compile the model's training forward pass with ``torch.compile`` (inductor);
             evaluation stays eager. ``True``, ``False``, or ``"cpu"``: compile when training on a
             CPU, where it was measured faster (README "Speed"; the IWAE experiments' default),
@@ -188,14 +236,25 @@ class GenerativeModule(L.LightningModule):
         active_units: bool = True,
         check_grads: bool = False,
         init_from_data: bool = True,
-        steps_per_batch: int = 1,
+        steps_per_batch: int | str = 1,
         compile: bool | str = False,
         cuda_graph: bool = False,
     ) -> None:
         super().__init__()
-        if int(steps_per_batch) < 1:
-            raise ValueError(f"steps_per_batch must be >= 1, got {steps_per_batch}")
-        self.steps_per_batch = int(steps_per_batch)
+        self.auto_steps = steps_per_batch == "auto"
+        if not self.auto_steps and (
+            isinstance(steps_per_batch, bool)
+            or not isinstance(steps_per_batch, int | str)
+            or not str(steps_per_batch).isdigit()
+            or int(steps_per_batch) < 1
+        ):
+            raise ValueError(
+                f"steps_per_batch must be an integer >= 1 or 'auto', got {steps_per_batch!r}"
+            )
+        # The resolved K (``auto``: decided in ``setup`` at each fit; 1 until then).
+        self.steps_per_batch = 1 if self.auto_steps else int(steps_per_batch)
+        # ``auto`` only: why this fit trains one step per Lightning batch (None: it does not).
+        self.auto_steps_reason: str | None = None
         if compile not in (True, False, "cpu"):
             raise ValueError(
                 f"compile must be true, false or cpu (compile when training on a CPU), got "
@@ -262,10 +321,102 @@ class GenerativeModule(L.LightningModule):
                     f"a CUDA device; this run trains on {device.type}. Train on a GPU "
                     "(trainer=gpu), or set module.cuda_graph=false."
                 )
+        if stage == "fit" and self.auto_steps:
+            self._resolve_auto_steps(dm)
         if stage == "fit" and self.steps_per_batch > 1:
             self._setup_step_blocks(dm)
         elif stage == "fit":
             self._setup_single_step_blocks()
+
+    def _resolve_auto_steps(self, dm: Any) -> None:
+        """``steps_per_batch: auto``: K = ``AUTO_STEPS_PER_BATCH`` if nothing in this fit can
+        tell K-step blocks from K = 1, else K = 1 with the reason logged (rank 0, once a fit)."""
+        self.automatic_optimization = True  # as a fresh module: a second fit decides anew
+        self._single_step_blocks = False
+        reason = self._auto_steps_obstacle(dm, AUTO_STEPS_PER_BATCH)
+        self.auto_steps_reason = reason
+        self.steps_per_batch = 1 if reason else AUTO_STEPS_PER_BATCH
+        if hasattr(dm, "steps_per_batch"):
+            dm.steps_per_batch = 1  # _setup_step_blocks sets K
+        if reason:
+            rank_zero_info(
+                f"module.steps_per_batch=auto: one optimizer step per Lightning batch, since "
+                f"{reason} (K = {AUTO_STEPS_PER_BATCH} would give the same numbers with less "
+                'of Lightning\'s per-batch overhead; README "Speed")'
+            )
+
+    def _step_blocks_obstacle(self, dm: Any, k: int) -> str | None:
+        """What makes K-step blocks impossible in this fit (``_setup_step_blocks`` refuses it
+        for an explicit K > 1), or None."""
+        t = self.trainer
+        if not hasattr(dm, "steps_per_batch"):
+            return (
+                f"the DataModule ({type(dm).__name__}) cannot hand out {k} minibatches at once "
+                "(vaelab's data=... DataModules do)"
+            )
+        if t.gradient_clip_val:
+            return (
+                f"gradients are clipped (trainer.gradient_clip_val={t.gradient_clip_val}), "
+                "which Lightning does for one optimizer step per batch"
+            )
+        if t.accumulate_grad_batches != 1:
+            return (
+                f"gradients are accumulated (trainer.accumulate_grad_batches="
+                f"{t.accumulate_grad_batches})"
+            )
+        if t.world_size > 1:
+            return (
+                f"it runs on {t.world_size} processes, and DDP synchronises gradients once per "
+                "Lightning batch"
+            )
+        for cb in t.checkpoint_callbacks:
+            n = getattr(cb, "_every_n_train_steps", 0)
+            if n and n % k:
+                return (
+                    f"a checkpoint every {n} optimizer steps would fall inside a block of {k} steps"
+                )
+        return None
+
+    def _auto_steps_obstacle(self, dm: Any, k: int) -> str | None:
+        """Why ``auto`` keeps K = 1 in this fit, or None: what K > 1 refuses, and what it would
+        change rather than refuse (counts of Lightning batches, hooks called once per batch)."""
+        reason = self._step_blocks_obstacle(dm, k)
+        if reason:
+            return reason
+        t = self.trainer
+        if t.fast_dev_run:
+            return "trainer.fast_dev_run is set"
+        # Lightning's int settings count batches; the float 1.0 defaults mean "the whole epoch".
+        if not (isinstance(t.limit_train_batches, float) and t.limit_train_batches == 1.0):
+            return (
+                f"trainer.limit_train_batches={t.limit_train_batches} counts Lightning batches, "
+                f"which would be blocks of {k} steps"
+            )
+        if not (isinstance(t.val_check_interval, float) and t.val_check_interval == 1.0):
+            return (
+                f"trainer.val_check_interval={t.val_check_interval} counts Lightning batches, "
+                f"which would be blocks of {k} steps"
+            )
+        if t.check_val_every_n_epoch is None:
+            return "validation is scheduled in Lightning batches (check_val_every_n_epoch=null)"
+        if type(t.profiler) is not PassThroughProfiler:
+            return f"a profiler ({type(t.profiler).__name__}) times Lightning's batches"
+        if getattr(t.precision_plugin, "scaler", None) is not None:
+            return f"precision {t.precision} scales the loss (a GradScaler)"
+        for cb in t.callbacks:
+            if _takes_step_blocks(cb):
+                continue
+            hooks = [h for h in _PER_BATCH_HOOKS if _overrides(cb, L.Callback, h)]
+            if hooks:
+                return (
+                    f"the callback {type(cb).__name__} has {', '.join(hooks)}, which Lightning "
+                    f"would call once per block of {k} steps"
+                )
+        own = ("on_train_batch_start", "on_train_batch_end", *_AUTOMATIC_ONLY_HOOKS)
+        hooks = [h for h in own if _overrides(self, GenerativeModule, h)]
+        if hooks:
+            return f"{type(self).__name__} overrides {', '.join(hooks)}"
+        return None
 
     def _setup_step_blocks(self, dm: Any) -> None:
         """Check what ``steps_per_batch > 1`` can keep, refuse the rest, switch to K-step blocks.
@@ -274,7 +425,7 @@ class GenerativeModule(L.LightningModule):
         optimization still on; the refusals here name this option and the fix instead.
         """
         k, t = self.steps_per_batch, self.trainer
-        fix = "or set module.steps_per_batch=1"
+        fix = "or set module.steps_per_batch=1 (or auto, which picks K = 1 for such a run)"
         if not hasattr(dm, "steps_per_batch"):
             raise ValueError(
                 f"module.steps_per_batch={k} needs a DataModule that hands out {k} minibatches "
@@ -298,14 +449,12 @@ class GenerativeModule(L.LightningModule):
                 f"module.steps_per_batch={k} runs on one process only ({t.world_size} here): DDP "
                 f"synchronises gradients once per Lightning batch. Use trainer.devices=1, {fix}."
             )
-        for cb in t.checkpoint_callbacks:
-            n = getattr(cb, "_every_n_train_steps", 0)
-            if n and n % k:
-                raise ValueError(
-                    f"module.steps_per_batch={k}: a checkpoint every {n} optimizer steps would "
-                    f"fall inside a block of {k} steps; use an every_n_train_steps that is a "
-                    f"multiple of {k}, {fix}."
-                )
+        reason = self._step_blocks_obstacle(dm, k)  # the checkpoint interval (the rest above)
+        if reason:
+            raise ValueError(
+                f"module.steps_per_batch={k}: {reason}; use an every_n_train_steps that is a "
+                f"multiple of {k}, {fix}."
+            )
         dm.steps_per_batch = k
         self.automatic_optimization = False
 
@@ -340,6 +489,14 @@ class GenerativeModule(L.LightningModule):
         if not self.automatic_optimization:
             for config in self.trainer.lr_scheduler_configs:
                 if isinstance(config.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+                    if self.auto_steps and self.steps_per_batch > 1:
+                        # The optimizers exist only now; the training loader does not yet, so
+                        # auto can still go back to K = 1 (and from there to automatic
+                        # optimization, below).
+                        self._auto_falls_back(
+                            "a ReduceLROnPlateau scheduler waits for a metric Lightning "
+                            "reports per batch"
+                        )
                     if self._single_step_blocks:
                         self.automatic_optimization = True  # Lightning steps it with the metric
                         self._single_step_blocks = False
@@ -356,6 +513,18 @@ class GenerativeModule(L.LightningModule):
                 "processes, ReduceLROnPlateau, or a callback or module hook that only automatic "
                 "optimization calls). Remove that, or set module.cuda_graph=false."
             )
+
+    def _auto_falls_back(self, reason: str) -> None:
+        """``auto`` chose K-step blocks in ``setup``; go back to K = 1 (one-step blocks)."""
+        dm = self.trainer.datamodule
+        self.steps_per_batch = 1
+        self.auto_steps_reason = reason
+        if dm is not None and hasattr(dm, "steps_per_batch"):
+            dm.steps_per_batch = 1
+        self._single_step_blocks = True
+        rank_zero_info(
+            f"module.steps_per_batch=auto: one optimizer step per Lightning batch, since {reason}"
+        )
 
     def on_train_start(self) -> None:
         # Lightning counts optimizer steps separately under automatic and manual optimization

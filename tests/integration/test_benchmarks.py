@@ -94,6 +94,8 @@ def test_interleaved_speed_pairs_every_arm_round_by_round(fake_mnist: Path, tmp_
             *("--train-images", "600", "--batch-sizes", "20", "--slot", "6"),
             *("--data-dir", str(fake_mnist), "--variant", "k2=module.steps_per_batch=2"),
             *("--json", str(out)),
+            # every fit (the variant's own K wins): K = 1 fits rounds of 6, auto's K = 20 does not
+            "module.steps_per_batch=1",
         ],
         tmp_path,
     )
@@ -130,6 +132,7 @@ def test_a_benchmark_stopped_partway_keeps_the_arms_it_measured(
             *("--train-images", "300", "--batch-sizes", "20", "--slot", "6"),
             *("--data-dir", str(fake_mnist), "--variant", "k4=module.steps_per_batch=4"),
             *("--json", str(out)),
+            "module.steps_per_batch=1",
         ],
         tmp_path,
     )
@@ -146,9 +149,14 @@ def test_a_variant_that_fails_is_reported_and_the_others_still_run(
 ) -> None:
     # On the GPU machine a compiled variant may fail (inductor needs a compiler there): the
     # variants after it must still be measured. Here cuda_graph, refused on a CPU, fails.
-    for script, extra in (
-        ("interleaved_speed.py", ["--train-images", "300", "--slot", "6"]),
-        ("epoch_speed.py", ["--train-images", "100", "--reps", "2", "--no-bare"]),
+    for script, extra, fits in (
+        # rounds of 6 steps need a K that divides 6 in every fit (auto would pick 20)
+        (
+            "interleaved_speed.py",
+            ["--train-images", "300", "--slot", "6"],
+            ["module.steps_per_batch=1"],
+        ),
+        ("epoch_speed.py", ["--train-images", "100", "--reps", "2", "--no-bare"], []),
     ):
         out = tmp_path / f"{script}.json"
         r = run_benchmark(
@@ -158,6 +166,7 @@ def test_a_variant_that_fails_is_reported_and_the_others_still_run(
                 *("--batch-sizes", "20", "--data-dir", str(fake_mnist), "--json", str(out)),
                 *("--variant", "bad=module.cuda_graph=true"),
                 *("--variant", "k2=module.steps_per_batch=2"),
+                *fits,
             ],
             tmp_path,
         )

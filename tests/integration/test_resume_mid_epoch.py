@@ -38,6 +38,7 @@ from vaelab import train as train_mod
 
 BASE = [
     "~trainer.limit_train_batches",
+    "module.steps_per_batch=1",  # unless a test says otherwise (auto would pick K = 20)
     "trainer.log_every_n_steps=1",
     "test=false",
     "logger=csv",

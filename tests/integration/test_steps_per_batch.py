@@ -18,13 +18,15 @@ from lightning.pytorch.callbacks import Callback
 
 from tests.conftest import compose_train
 from tests.helpers.training import extra_callbacks
-from vaelab.lit import NonFiniteError
+from vaelab.lit import AUTO_STEPS_PER_BATCH, GenerativeModule, NonFiniteError
 from vaelab.train import train
 
 # 500 training images (600 - 100 held out), batch 50: 10 optimizer steps an epoch; K = 3 gives
-# blocks of 3, 3, 3 and 1. No limit_train_batches: with K > 1 it would count blocks.
+# blocks of 3, 3, 3 and 1. No limit_train_batches: with K > 1 it would count blocks. K = 1 unless
+# a test says otherwise (vaelab-train's default, auto, would pick K = 20 for these runs).
 BASE = [
     "~trainer.limit_train_batches",
+    "module.steps_per_batch=1",
     "trainer.log_every_n_steps=1",
     "test=false",
     "logger=csv",
@@ -56,6 +58,8 @@ def _run(tmp_path: Path, data: Path, name: str, extra: list[str]) -> tuple[dict,
         "callbacks": objects["trainer"].callbacks,
         "compiled": objects["module"].train_forward is not objects["module"].model,
         "graph": objects["module"].graph_summary,
+        "k": objects["module"].steps_per_batch,
+        "reason": objects["module"].auto_steps_reason,
     }
     return state, rows, info
 
@@ -406,3 +410,108 @@ def test_k1_keeps_automatic_optimization_where_blocks_cannot_clip(
         tmp_path, fake_mnist, "clip", ["trainer.max_epochs=1", "trainer.gradient_clip_val=1.0"]
     )
     assert clipped[2]["automatic"] is True
+
+
+# -- steps_per_batch: auto (vaelab-train's default) ------------------------------------------------
+AUTO = "module.steps_per_batch=auto"
+
+
+class CountsBatches(Callback):
+    """Counts Lightning batches; declares that its batch hook is fine with K-step blocks."""
+
+    takes_step_blocks = True
+
+    def __init__(self) -> None:
+        self.batches = 0
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
+        self.batches += 1
+
+
+def test_auto_is_the_default_and_trains_k_blocks_equal_to_k1(
+    fake_mnist: Path, tmp_path: Path
+) -> None:
+    assert compose_train([], tmp_path).module.steps_per_batch == "auto"
+    extra = [
+        "trainer.max_epochs=2",
+        *IWAE_SCHEDULE,
+        "+callbacks.n._target_=tests.integration.test_steps_per_batch.CountsBatches",
+    ]
+    auto = _run(tmp_path, fake_mnist, "auto", [*extra, AUTO])
+    assert auto[2]["k"] == AUTO_STEPS_PER_BATCH and auto[2]["reason"] is None
+    assert auto[2]["automatic"] is False and auto[2]["direct"] is True
+    (counter,) = [c for c in auto[2]["callbacks"] if type(c).__name__ == "CountsBatches"]
+    assert counter.batches == 2  # one block of the epoch's 10 steps per epoch
+    k1 = _run(tmp_path, fake_mnist, "k1", extra)
+    assert k1[2]["k"] == 1
+    _assert_same(k1, auto)
+    assert _val_rows(tmp_path, "auto") == _val_rows(tmp_path, "k1")
+
+
+@pytest.mark.parametrize(
+    ("override", "reason"),
+    [
+        ("+trainer.limit_train_batches=4", "limit_train_batches=4 counts Lightning batches"),
+        ("+trainer.val_check_interval=5", "val_check_interval=5 counts Lightning batches"),
+        ("trainer.gradient_clip_val=1.0", "gradients are clipped"),
+        ("+trainer.accumulate_grad_batches=2", "gradients are accumulated"),
+        ("+trainer.profiler=simple", "a profiler (SimpleProfiler)"),
+        ("+callbacks.last_checkpoint.every_n_train_steps=3", "a checkpoint every 3 optimizer"),
+        (f"{LR_MONITOR},+callbacks.lr.logging_interval=step", "the callback LearningRateMonitor"),
+        (ZERO_GRAD, "the callback CountsZeroGrad has on_before_zero_grad"),
+    ],
+)
+def test_auto_keeps_k1_where_blocks_would_change_the_run(
+    override: str, reason: str, fake_mnist: Path, tmp_path: Path
+) -> None:
+    # What an explicit K > 1 refuses, and what it would change (counts of Lightning batches,
+    # hooks run once a batch), makes auto train K = 1, saying why, instead of refusing.
+    run = _run(tmp_path, fake_mnist, "r", ["trainer.max_epochs=1", AUTO, *override.split(",")])
+    assert run[2]["k"] == 1
+    assert reason in run[2]["reason"]
+    steps = 4 if "limit_train" in override else 5 if "accumulate" in override else 10
+    assert run[2]["global_step"] == steps
+
+
+def test_auto_goes_back_to_k1_for_reduce_on_plateau(fake_mnist: Path, tmp_path: Path) -> None:
+    # The scheduler is known only after setup, where auto has picked K; it goes back to K = 1
+    # (and to Lightning's automatic optimization, which steps the scheduler with the metric).
+    # (max_steps=5 stops before the epoch's end, where Lightning would step the scheduler without
+    # a metric: vaelab's configure_optimizers names no monitor, with any K.)
+    plateau = [
+        "scheduler=null",
+        "+scheduler._target_=torch.optim.lr_scheduler.ReduceLROnPlateau",
+        "+scheduler._partial_=true",
+        "+trainer.max_steps=5",
+    ]
+    cfg = compose_train([*BASE, "trainer.max_epochs=1", AUTO, *plateau], tmp_path, fake_mnist)
+    _, objects = train(cfg)
+    module = objects["module"]
+    assert module.steps_per_batch == 1 and "ReduceLROnPlateau" in module.auto_steps_reason
+    assert module.automatic_optimization is True
+    assert objects["trainer"].num_training_batches == 10  # not one block of 10
+    assert objects["trainer"].global_step == 5
+
+
+def test_a_k1_checkpoint_resumes_under_auto(fake_mnist: Path, tmp_path: Path) -> None:
+    # steps_per_batch is how the steps run, not what they compute: a checkpoint of an older
+    # vaelab's K = 1 run resumes under auto (refused as a changed config on the old code) and
+    # carries on bit for bit.
+    extra = ["+callbacks.rng._target_=tests.integration.test_steps_per_batch.TorchRNGInCheckpoint"]
+    straight = _run(tmp_path, fake_mnist, "straight", ["trainer.max_epochs=2", *extra])
+    _run(tmp_path, fake_mnist, "first", ["trainer.max_epochs=1", *extra])
+    last = tmp_path / "first" / "run" / "checkpoints" / "last.ckpt"
+    resumed = _run(
+        tmp_path, fake_mnist, "resumed", ["trainer.max_epochs=2", AUTO, f"ckpt_path={last}", *extra]
+    )
+    assert resumed[2]["k"] == AUTO_STEPS_PER_BATCH
+    assert resumed[2]["global_step"] == 20
+    assert [r["step"] for r in resumed[1]] == [str(s) for s in range(10, 20)]
+    for k, v in straight[0].items():
+        assert torch.equal(v, resumed[0][k]), k
+
+
+@pytest.mark.parametrize("value", [0, -1, "fast", 2.5, True])
+def test_a_bad_steps_per_batch_is_refused(value: object) -> None:
+    with pytest.raises(ValueError, match="integer >= 1 or 'auto'"):
+        GenerativeModule(torch.nn.Linear(1, 1), steps_per_batch=value)  # type: ignore[arg-type]

@@ -85,6 +85,9 @@ class ResumeState(L.Callback):
     """
 
     STATE_KEY = "ResumeState"
+    # Its batch-start hook restores the RNG once after a resume, as well before a K-step block
+    # (module.steps_per_batch) as before a single step.
+    takes_step_blocks = True
 
     def __init__(self, job_num: int | None = None) -> None:
         self.job_num = job_num
