@@ -515,3 +515,45 @@ def test_a_k1_checkpoint_resumes_under_auto(fake_mnist: Path, tmp_path: Path) ->
 def test_a_bad_steps_per_batch_is_refused(value: object) -> None:
     with pytest.raises(ValueError, match="integer >= 1 or 'auto'"):
         GenerativeModule(torch.nn.Linear(1, 1), steps_per_batch=value)  # type: ignore[arg-type]
+
+
+def test_the_progress_bar_counts_optimizer_steps_with_k_blocks(
+    fake_mnist: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # auto trains the epoch's 10 steps as one Lightning batch; the bar still shows 10 steps of 50
+    # images, as with K = 1 (before: a total of 1, and 500 images an "it").
+    from lightning.pytorch.callbacks import RichProgressBar
+
+    from vaelab.callbacks.progress import ThroughputProgressBar
+
+    seen: dict[str, list] = {"totals": [], "positions": []}
+    add_task, update = RichProgressBar._add_task, RichProgressBar._update
+
+    def recording_add_task(self, total, description, visible=True):
+        if "Epoch" in str(description):
+            seen["totals"].append(total)
+        return add_task(self, total, description, visible)
+
+    def recording_update(self, bar_id, current, visible=True, hard=False):
+        if bar_id is not None and bar_id == self.train_progress_bar_id:
+            seen["positions"].append(current)
+        return update(self, bar_id, current, visible, hard)
+
+    monkeypatch.setattr(RichProgressBar, "_add_task", recording_add_task)
+    monkeypatch.setattr(RichProgressBar, "_update", recording_update)
+    bars = {}
+    for name, k in (("k1", "module.steps_per_batch=1"), ("auto", AUTO)):
+        seen["totals"].clear()
+        seen["positions"].clear()
+        extra = [
+            "trainer.max_epochs=1",
+            k,
+            "trainer.enable_progress_bar=true",
+            "callbacks.rich_progress_bar.refresh_rate=100000",  # redraw at every batch
+        ]
+        run = _run(tmp_path, fake_mnist, name, extra)
+        (bar,) = [c for c in run[2]["callbacks"] if isinstance(c, ThroughputProgressBar)]
+        bars[name] = (run[2]["k"], list(seen["totals"]), list(seen["positions"]))
+        assert set(bar.items_per_batch.values()) >= {50}
+    assert bars["k1"] == (1, [10], list(range(1, 11)))
+    assert bars["auto"] == (AUTO_STEPS_PER_BATCH, [10], [10])

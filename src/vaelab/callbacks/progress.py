@@ -4,7 +4,9 @@ Lightning's ``RichProgressBar`` updates its task, reads the progress-bar metrics
 them on every batch. For a small model a step takes about a millisecond on a GPU, so that work is
 a visible share of it. :class:`ThroughputProgressBar` updates at most ``refresh_rate`` times per
 second (always on the last batch), shows images per second over all processes next to it/s, and
-drops Lightning's ``v_num``. The loss shown is ``train/loss`` as last logged (every
+drops Lightning's ``v_num``. With ``module.steps_per_batch`` K > 1 (``auto``, the default, picks
+K = 20 where it can) the training bar still counts optimizer steps, not Lightning's K-step
+batches: the same total, position and it/s as with K = 1. The loss shown is ``train/loss`` as last logged (every
 ``trainer.log_every_n_steps`` steps), read from the module's ``last_train_metrics`` (a float
 copied once per logging step) rather than from a ``prog_bar=True`` metric, which Lightning turns
 into a Python number after every batch: a host-device sync each step on a GPU.
@@ -100,6 +102,26 @@ class ThroughputProgressBar(RichProgressBar):
             items["train/loss"] = loss
         return items
 
+    def _steps_per_batch(self) -> int:
+        """K of the module being trained (1 when not training, or for another module)."""
+        trainer = self._trainer
+        if trainer is None or not trainer.training:
+            return 1
+        return int(getattr(trainer.lightning_module, "steps_per_batch", 1) or 1)
+
+    @property
+    def total_train_batches(self) -> int | float:
+        """Optimizer steps of the epoch (Lightning counts its batches, K steps each with K > 1)."""
+        total = super().total_train_batches
+        k = self._steps_per_batch()
+        steps = getattr(self.trainer.train_dataloader, "num_minibatches", None)
+        if k == 1 or steps is None or total == float("inf"):
+            return total
+        t = self.trainer
+        if t.max_epochs == -1 and t.max_steps is not None and t.max_steps > 0:
+            return min(int(steps), t.max_steps - t.global_step)  # Lightning's rule, in steps
+        return int(steps)
+
     def _due(self, batch_idx: int, total: float) -> bool:
         """Whether to redraw now: the interval has passed, or this is the last batch."""
         now = time.monotonic()
@@ -111,9 +133,8 @@ class ThroughputProgressBar(RichProgressBar):
     def _note_items(self, task_id: Any, batch: Any, trainer: L.Trainer) -> None:
         if task_id is not None and task_id not in self.items_per_batch:
             n = batch_items(batch)
-            k = getattr(trainer.lightning_module, "steps_per_batch", 1)
-            if n and k > 1 and trainer.training and isinstance(batch, Tensor) and batch.dim() > 1:
-                n = int(batch.shape[0] * batch.shape[1])  # K minibatches of B (steps_per_batch)
+            if self._steps_per_batch() > 1 and isinstance(batch, Tensor) and batch.dim() > 1:
+                n = int(batch.shape[1])  # K minibatches of B; the bar counts steps of B each
             if n:
                 self.items_per_batch[task_id] = n * trainer.world_size
 
@@ -129,7 +150,11 @@ class ThroughputProgressBar(RichProgressBar):
         batch: Any,
         batch_idx: int,
     ) -> None:
-        if self.is_disabled or not self._due(batch_idx, self.total_train_batches):
+        total = self.total_train_batches
+        k = self._steps_per_batch()
+        if k > 1:  # the steps done in this epoch, as position: the bar counts optimizer steps
+            batch_idx = min((batch_idx + 1) * k, total) - 1
+        if self.is_disabled or not self._due(batch_idx, total):
             return
         super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
         self._note_items(self.train_progress_bar_id, batch, trainer)
