@@ -345,44 +345,49 @@ class GenerativeModule(L.LightningModule):
                 'of Lightning\'s per-batch overhead; README "Speed")'
             )
 
-    def _step_blocks_obstacle(self, dm: Any, k: int) -> str | None:
-        """What makes K-step blocks impossible in this fit (``_setup_step_blocks`` refuses it
-        for an explicit K > 1), or None."""
+    def _step_blocks_obstacle(self, dm: Any, k: int) -> tuple[str, str] | None:
+        """What makes K-step blocks impossible in this fit, as ``(why, fix)``, or None: an
+        explicit K > 1 refuses it (``_setup_step_blocks``), ``auto`` trains K = 1."""
         t = self.trainer
         if not hasattr(dm, "steps_per_batch"):
             return (
-                f"the DataModule ({type(dm).__name__}) cannot hand out {k} minibatches at once "
-                "(vaelab's data=... DataModules do)"
+                f"the DataModule ({type(dm).__name__}) cannot hand out {k} minibatches at once",
+                "Use one of vaelab's DataModules (data=...)",
             )
         if t.gradient_clip_val:
             return (
-                f"gradients are clipped (trainer.gradient_clip_val={t.gradient_clip_val}), "
-                "which Lightning does for one optimizer step per batch"
+                f"gradients are clipped (trainer.gradient_clip_val={t.gradient_clip_val}), which "
+                "Lightning does for one optimizer step per batch",
+                "Set trainer.gradient_clip_val=null",
             )
         if t.accumulate_grad_batches != 1:
             return (
                 f"gradients are accumulated (trainer.accumulate_grad_batches="
-                f"{t.accumulate_grad_batches})"
+                f"{t.accumulate_grad_batches})",
+                "For larger effective batches raise data.batch_size",
             )
         if t.world_size > 1:
             return (
                 f"it runs on {t.world_size} processes, and DDP synchronises gradients once per "
-                "Lightning batch"
+                "Lightning batch",
+                "Use trainer.devices=1",
             )
         for cb in t.checkpoint_callbacks:
             n = getattr(cb, "_every_n_train_steps", 0)
             if n and n % k:
                 return (
-                    f"a checkpoint every {n} optimizer steps would fall inside a block of {k} steps"
+                    f"a checkpoint every {n} optimizer steps would fall inside a block of {k} "
+                    "steps",
+                    f"Use an every_n_train_steps that is a multiple of {k}",
                 )
         return None
 
     def _auto_steps_obstacle(self, dm: Any, k: int) -> str | None:
         """Why ``auto`` keeps K = 1 in this fit, or None: what K > 1 refuses, and what it would
         change rather than refuse (counts of Lightning batches, hooks called once per batch)."""
-        reason = self._step_blocks_obstacle(dm, k)
-        if reason:
-            return reason
+        found = self._step_blocks_obstacle(dm, k)
+        if found:
+            return found[0]
         t = self.trainer
         if t.fast_dev_run:
             return "trainer.fast_dev_run is set"
@@ -424,36 +429,13 @@ class GenerativeModule(L.LightningModule):
         Lightning's own checks of manual optimization run before ``setup`` and see automatic
         optimization still on; the refusals here name this option and the fix instead.
         """
-        k, t = self.steps_per_batch, self.trainer
-        fix = "or set module.steps_per_batch=1 (or auto, which picks K = 1 for such a run)"
-        if not hasattr(dm, "steps_per_batch"):
+        k = self.steps_per_batch
+        found = self._step_blocks_obstacle(dm, k)
+        if found:
+            why, fix = found
             raise ValueError(
-                f"module.steps_per_batch={k} needs a DataModule that hands out {k} minibatches "
-                f"at once (vaelab's data=... DataModules do); {type(dm).__name__} does not. Use "
-                f"one of vaelab's DataModules, {fix}."
-            )
-        if t.gradient_clip_val:
-            raise ValueError(
-                f"module.steps_per_batch={k} cannot clip gradients (trainer.gradient_clip_val="
-                f"{t.gradient_clip_val}): Lightning clips only one optimizer step per batch. Set "
-                f"trainer.gradient_clip_val=null, {fix}."
-            )
-        if t.accumulate_grad_batches != 1:
-            raise ValueError(
-                f"module.steps_per_batch={k} cannot accumulate gradients (trainer."
-                f"accumulate_grad_batches={t.accumulate_grad_batches}). For larger effective "
-                f"batches raise data.batch_size, {fix}."
-            )
-        if t.world_size > 1:
-            raise ValueError(
-                f"module.steps_per_batch={k} runs on one process only ({t.world_size} here): DDP "
-                f"synchronises gradients once per Lightning batch. Use trainer.devices=1, {fix}."
-            )
-        reason = self._step_blocks_obstacle(dm, k)  # the checkpoint interval (the rest above)
-        if reason:
-            raise ValueError(
-                f"module.steps_per_batch={k}: {reason}; use an every_n_train_steps that is a "
-                f"multiple of {k}, {fix}."
+                f"module.steps_per_batch={k} cannot train this run in blocks: {why}. {fix}, or "
+                "set module.steps_per_batch=1 (or auto, which picks K = 1 for such a run)."
             )
         dm.steps_per_batch = k
         self.automatic_optimization = False

@@ -272,8 +272,8 @@ def test_nan_stops_at_the_exact_step_inside_a_block(fake_mnist: Path, tmp_path: 
 @pytest.mark.parametrize(
     ("override", "message"),
     [
-        ("trainer.gradient_clip_val=1.0", "cannot clip gradients"),
-        ("+trainer.accumulate_grad_batches=2", "cannot accumulate gradients"),
+        ("trainer.gradient_clip_val=1.0", "gradients are clipped .*gradient_clip_val=null"),
+        ("+trainer.accumulate_grad_batches=2", "gradients are accumulated .*data.batch_size"),
         ("+callbacks.model_checkpoint.every_n_train_steps=5", "multiple of 3"),
     ],
 )
