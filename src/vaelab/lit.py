@@ -341,8 +341,8 @@ class GenerativeModule(L.LightningModule):
         if reason:
             rank_zero_info(
                 f"module.steps_per_batch=auto: one optimizer step per Lightning batch, since "
-                f"{reason} (K = {AUTO_STEPS_PER_BATCH} would give the same numbers with less "
-                'of Lightning\'s per-batch overhead; README "Speed")'
+                f"{reason}; blocks of {AUTO_STEPS_PER_BATCH} steps would not keep that (README "
+                '"Speed": module.steps_per_batch)'
             )
 
     def _step_blocks_obstacle(self, dm: Any, k: int) -> tuple[str, str] | None:
