@@ -350,8 +350,9 @@ class GenerativeModule(L.LightningModule):
         explicit K > 1 refuses it (``_setup_step_blocks``), ``auto`` trains K = 1."""
         t = self.trainer
         if not hasattr(dm, "steps_per_batch"):
+            what = "dataloaders passed to fit" if dm is None else f"{type(dm).__name__}"
             return (
-                f"the DataModule ({type(dm).__name__}) cannot hand out {k} minibatches at once",
+                f"the training data ({what}) cannot be handed out {k} minibatches at once",
                 "Use one of vaelab's DataModules (data=...)",
             )
         if t.gradient_clip_val:
