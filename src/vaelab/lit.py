@@ -106,8 +106,9 @@ def _takes_step_blocks(callback: L.Callback) -> bool:
 
 # ``steps_per_batch: auto`` (vaelab-train's default): K optimizer steps per Lightning batch when
 # nothing in the run can tell K-step blocks from K = 1 (``GenerativeModule._auto_steps_obstacle``).
-# 20 pays Lightning's per-batch loop once per 20 steps: eager K = 20 ran at 1.02-1.10x the
-# hand-written loop where K = 1 ran at 1.20-1.28x (README "Speed", two threads).
+# 20 pays Lightning's per-batch loop once per 20 steps: on 2026-12-07 the default (auto, K = 20)
+# ran at 1.04-1.19x the hand-written loop and K = 1 at 1.19-1.45x in the same runs (README
+# "Speed", two threads, batch 100 and 20).
 AUTO_STEPS_PER_BATCH = 20
 
 OptimizerFactory = Callable[[Iterable[torch.nn.Parameter]], torch.optim.Optimizer]
