@@ -233,3 +233,21 @@ def test_gather_speed_compares_the_two_gathers(tmp_path: Path) -> None:
     assert r.returncode == 0, r.stderr[-3000:]
     row = json.loads(out.read_text())["batch"]["20"]
     assert row["indexing"] > 0 and row["index_select"] > 0 and row["ratio"] > 0, row
+
+
+def test_process_ab_runs_each_arm_in_its_own_process(fake_mnist: Path, tmp_path: Path) -> None:
+    # Smoke test: one pair of processes, a few steps each; the ratio is the pair's bare / hand.
+    out = tmp_path / "ab.json"
+    r = run_benchmark(
+        "process_ab.py",
+        [
+            *("--pairs", "1", "--steps", "5", "--warmup", "2", "--train-images", "200"),
+            *("--data-dir", str(fake_mnist), "--json", str(out)),
+        ],
+        tmp_path,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    d = json.loads(out.read_text())
+    (pair,) = d["pairs"]
+    assert pair["hand"] > 0 and pair["bare"] > 0
+    assert d["ratio_median"] == round(pair["bare"] / pair["hand"], 3)
