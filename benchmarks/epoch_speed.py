@@ -287,6 +287,7 @@ def main() -> None:
             runs[name] = []
         if args.plain_lightning:
             runs["plain_lightning"] = []
+        ks: dict[str, dict] = {}  # each Trainer arm's K (module.steps_per_batch as resolved)
         for _ in range(args.reps):
             with plain_pytorch_environment():
                 settle()  # the previous arms' garbage is not this arm's cost
@@ -294,16 +295,19 @@ def main() -> None:
                 if not args.no_bare:
                     settle()
                     runs["bare"].append(run_bare(cfg, data, device))
-            runs["vaelab"].append(run_vaelab_epoch(cfg, data))
+            runs["vaelab"].append(run_vaelab_epoch(cfg, data, ks.setdefault("vaelab", {})))
             for name, c in list(cfgs.items()):
                 try:
-                    runs[name].append(run_vaelab_epoch(c, data))
+                    runs[name].append(run_vaelab_epoch(c, data, ks.setdefault(name, {})))
                 except Exception as e:
                     record_failure(result, f"batch {bs}, {name}", e)
                     del cfgs[name], runs[name]
             if args.plain_lightning:
                 runs["plain_lightning"].append(run_plain_lightning(cfg, data))
         res = summarise(runs)
+        for name, info in ks.items():
+            if name in res:
+                res[name]["steps_per_batch"] = info.get("steps_per_batch")
         if bs == 20:
             for d in res.values():
                 d["full_iwae_schedule_h"] = round(

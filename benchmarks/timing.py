@@ -83,14 +83,23 @@ class EpochTimer(Callback):
     """Wall and CPU time of each training epoch (the Trainer's own overhead included), the
     intervals between consecutive batch starts divided by the optimizer steps taken in between
     (one whole optimizer step each, also when a batch holds several), and the optimizer steps of
-    each epoch."""
+    each epoch, and the K of the module's fit (``steps_per_batch``, as ``auto`` resolved it)."""
+
+    # Its batch hook times blocks of K steps per step (above), so module.steps_per_batch=auto
+    # keeps the K it would pick without this timer (before: auto kept K = 1 for it, and the
+    # default arm of epoch_speed.py timed K = 1).
+    takes_step_blocks = True
 
     def __init__(self) -> None:
+        self.steps_per_batch = 1
         self.times: list[float] = []
         self.cpu: list[float] = []
         self.steps: list[float] = []
         self.optimizer_steps: list[int] = []
         self._last: float | None = None
+
+    def on_train_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        self.steps_per_batch = int(getattr(module, "steps_per_batch", 1))
 
     def on_train_epoch_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         settle()
@@ -122,8 +131,9 @@ Timing = tuple[float, float, list[float]]  # epoch wall s, epoch CPU s, step int
 EpochTiming = tuple[float, list[float], float, int]
 
 
-def run_vaelab_epoch(cfg: DictConfig, data: torch.Tensor) -> EpochTiming:
-    """One epoch through the Trainer built by ``vaelab.train.build`` (logging, checks, callbacks)."""
+def run_vaelab_epoch(cfg: DictConfig, data: torch.Tensor, info: dict | None = None) -> EpochTiming:
+    """One epoch through the Trainer built by ``vaelab.train.build`` (logging, checks, callbacks).
+    ``info``, if given, gets the fit's ``steps_per_batch`` (the K it ran)."""
     L.seed_everything(cfg.seed, workers=True)
     objects = build(cfg)
     timer = EpochTimer()
@@ -131,12 +141,14 @@ def run_vaelab_epoch(cfg: DictConfig, data: torch.Tensor) -> EpochTiming:
     dm = objects["datamodule"]
     dm.splits = {"train": data, "val": data[:0], "test": data[:0]}  # the same pre-loaded tensor
     objects["trainer"].fit(objects["module"], datamodule=dm)
+    if info is not None:
+        info["steps_per_batch"] = timer.steps_per_batch
     return timer.times[-1], timer.steps, timer.cpu[-1], timer.optimizer_steps[-1]
 
 
-def run_vaelab(cfg: DictConfig, data: torch.Tensor) -> Timing:
+def run_vaelab(cfg: DictConfig, data: torch.Tensor, info: dict | None = None) -> Timing:
     """``run_vaelab_epoch`` as (epoch wall s, epoch CPU s, step intervals s)."""
-    wall, steps, cpu, _ = run_vaelab_epoch(cfg, data)
+    wall, steps, cpu, _ = run_vaelab_epoch(cfg, data, info)
     return wall, cpu, steps
 
 
