@@ -111,6 +111,16 @@ def _takes_step_blocks(callback: L.Callback) -> bool:
 # "Speed", two threads, batch 100 and 20).
 AUTO_STEPS_PER_BATCH = 20
 
+
+def _say_auto_keeps_k1(reason: str) -> None:
+    """The one line ``auto`` logs (rank 0) when a fit trains one step per Lightning batch."""
+    rank_zero_info(
+        f"module.steps_per_batch=auto: one optimizer step per Lightning batch, since {reason}; "
+        f'blocks of {AUTO_STEPS_PER_BATCH} steps would not keep that (README "Speed": '
+        "module.steps_per_batch)"
+    )
+
+
 OptimizerFactory = Callable[[Iterable[torch.nn.Parameter]], torch.optim.Optimizer]
 SchedulerFactory = Callable[[torch.optim.Optimizer], Any]
 
@@ -340,11 +350,7 @@ class GenerativeModule(L.LightningModule):
         if hasattr(dm, "steps_per_batch"):
             dm.steps_per_batch = 1  # _setup_step_blocks sets K
         if reason:
-            rank_zero_info(
-                f"module.steps_per_batch=auto: one optimizer step per Lightning batch, since "
-                f"{reason}; blocks of {AUTO_STEPS_PER_BATCH} steps would not keep that (README "
-                '"Speed": module.steps_per_batch)'
-            )
+            _say_auto_keeps_k1(reason)
 
     def _step_blocks_obstacle(self, dm: Any, k: int) -> tuple[str, str] | None:
         """What makes K-step blocks impossible in this fit, as ``(why, fix)``, or None: an
@@ -506,9 +512,7 @@ class GenerativeModule(L.LightningModule):
         if dm is not None and hasattr(dm, "steps_per_batch"):
             dm.steps_per_batch = 1
         self._single_step_blocks = True
-        rank_zero_info(
-            f"module.steps_per_batch=auto: one optimizer step per Lightning batch, since {reason}"
-        )
+        _say_auto_keeps_k1(reason)
 
     def on_train_start(self) -> None:
         # Lightning counts optimizer steps separately under automatic and manual optimization
