@@ -13,12 +13,22 @@ from vaelab.optim import iwae_epochs
 
 
 def config_dir() -> str:
-    """Absolute path of vaelab's packaged configs (``src/vaelab/conf``, shipped in the wheel).
+    """Absolute path of vaelab's configs: ``conf/`` at the top of the repository, which the wheel
+    ships as ``vaelab/conf`` (``pyproject.toml`` maps one onto the other; an editable install
+    reads the checkout's ``conf/``).
 
     Users add their own config folders with Hydra's ``--config-dir DIR`` (or ``hydra.searchpath``);
     groups found there extend or override these.
     """
-    return str(Path(__file__).resolve().parent / "conf")
+    package = Path(__file__).resolve().parent
+    for candidate in (package / "conf", package.parents[1] / "conf"):  # wheel, then checkout
+        if (candidate / "train.yaml").is_file():
+            return str(candidate)
+    raise FileNotFoundError(
+        f"vaelab's configs are neither in {package / 'conf'} (an installed wheel) nor in "
+        f"{package.parents[1] / 'conf'} (a checkout): reinstall with `pip install vaelab` "
+        "or, in a clone, `make install`"
+    )
 
 
 def unique_tag() -> str:
