@@ -27,19 +27,14 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_info
 from lightning.pytorch.utilities.warnings import PossibleUserWarning
 from torch import Tensor
 
+from vaelab.checkpoints import checkpoint_paths
 from vaelab.data.base import TensorImageDataModule
 from vaelab.data.loader import global_batch_index
-from vaelab.evaluation import (
-    ActiveUnitStatistic,
-    MeanWithError,
-    batch_figures,
-    bits_per_dim,
-    check_kind,
-    full_precision,
-    has_bits_per_dim,
-)
+from vaelab.evaluation import ActiveUnitStatistic, MeanWithError, batch_figures
 from vaelab.graphs import CudaGraphBackend, EagerStand, GraphedStep
 from vaelab.models.base import GenerativeModel, LatentVariableModel, Terms
+from vaelab.objectives import full_precision
+from vaelab.units import bits_per_dim, check_kind, has_bits_per_dim
 
 # Validation and test figures are logged already reduced over processes (MeanWithError sums values,
 # squares and counts), so Lightning's advice to add sync_dist=True does not apply to them.
@@ -167,7 +162,7 @@ class GenerativeModule(L.LightningModule):
         scheduler_interval: ``epoch`` or ``step``.
         val_num_samples: k for ``val/nll`` (``L_k``); 0 skips it.
         test_num_samples: k for ``test/nll`` (default 5000, the IWAE protocol).
-        data_kind: ``binary``, ``dequantized`` or ``unit`` (``vaelab.evaluation.units``); read
+        data_kind: ``binary``, ``dequantized`` or ``unit`` (``vaelab.units``); read
             from the DataModule's ``info`` when there is one, required otherwise (no default).
         eval_seed: seed of the evaluation noise (each batch seeded by its global index, so results
             do not depend on the number of processes).
@@ -909,8 +904,6 @@ class GenerativeModule(L.LightningModule):
         when: str = "before the optimizer step, so no weights changed",
         step: int | None = None,
     ) -> None:
-        from vaelab.checkpoints import checkpoint_paths
-
         kept = checkpoint_paths(self.trainer)["last"]
         last = f" The last good checkpoint is kept: {kept}." if kept else ""
         raise NonFiniteError(

@@ -1,11 +1,27 @@
-"""Objectives and unit conversions: ELBO, beta/warm-up/capacity, the IWAE bound, bits per dim.
+"""Objectives: ELBO, beta/warm-up/capacity, and the importance-weighted bound ``L_k``, chunked.
 
 These are the research content of the framework, written by hand on top of ``torch.distributions``.
+
+``L_k`` is written once for every latent-variable model (:func:`importance_weighted_bound`): a
+model exposes ``encode(x) -> q(z|x)`` and its log importance weights ``log_weights(x, k,
+posterior) -> (k, B)`` (``log p(x, z_i) - log q(z_i | x)`` with ``z_i ~ q``), the
+:class:`ImportanceSampled` protocol; the bound draws them chunk by chunk so ``k = 5000`` fits in
+memory and combines them with one log-sum-exp over all ``k`` (never a mean of per-chunk bounds,
+which is smaller). Models import this module, never the other way round.
+
+Precision: ``L_k`` is computed with autocast switched off (:func:`full_precision`), so log weights
+and their log-sum-exp are float32 (float64 for a float64 model) whatever ``trainer.precision``
+says; ``vaelab.evaluation`` computes every reported figure the same way.
+
+Reference: Burda, Grosse & Salakhutdinov (2015), Importance Weighted Autoencoders, eq. 8.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
+from typing import Protocol
 
 import torch
 from torch import Tensor, nn
@@ -13,7 +29,12 @@ from torch.distributions import Distribution, kl_divergence
 
 from vaelab.graphs import tracing
 
-LN2 = math.log(2.0)
+# Decoder rows per L_k chunk. On the CPU a chunk's (rows x 784) float32 temporaries must stay under
+# glibc's largest mmap threshold (32 MiB), or each chunk maps fresh pages and page-faults on every
+# touch: 4096 rows made L_5000 23 % faster than 32768 on this project's machine (7.5 million page
+# faults fewer per 200 images). A GPU wants large chunks.
+CPU_CHUNK_ROWS = 1 << 12
+CUDA_CHUNK_ROWS = 1 << 15
 
 
 def kl_or_estimate(q: Distribution, p: Distribution, z: Tensor | None = None) -> Tensor:
@@ -49,11 +70,61 @@ def iwae_bound(log_w: Tensor, dim: int = 0) -> Tensor:
     return torch.logsumexp(log_w, dim=dim) - math.log(k)
 
 
-def bits_per_dim(nll: Tensor, num_dims: int, data_kind: str) -> Tensor:
-    """``vaelab.evaluation.units.bits_per_dim`` (its home; kept here for existing imports)."""
-    from vaelab.evaluation.units import bits_per_dim as convert
+class ImportanceSampled(Protocol):
+    """What :func:`importance_weighted_bound` needs of a model (``LatentVariableModel`` has it)."""
 
-    return convert(nll, num_dims, data_kind)
+    def encode(self, x: Tensor) -> Distribution:
+        """``q(z_1 | x)``, batch shape ``(B,)``."""
+        ...
+
+    def log_weights(self, x: Tensor, num_samples: int, posterior: Distribution) -> Tensor:
+        """``(k, B)`` log importance weights ``log p(x, z_i) - log q(z_i | x)``, ``z_i ~ q``."""
+        ...
+
+
+def chunk_rows(configured: int | None, device: torch.device) -> int:
+    """``configured``, or the default for ``device`` when it is ``None``."""
+    if configured is not None:
+        return int(configured)
+    return CPU_CHUNK_ROWS if device.type == "cpu" else CUDA_CHUNK_ROWS
+
+
+def sample_chunks(num_samples: int, batch_size: int, chunk_rows: int) -> list[int]:
+    """Split ``num_samples`` importance samples into chunks of at most ``chunk_rows`` rows in total.
+
+    A chunk of ``c`` samples costs ``c * batch_size`` decoder rows; this bounds peak memory.
+    """
+    per = max(1, chunk_rows // max(1, batch_size))
+    return [min(per, num_samples - i) for i in range(0, num_samples, per)]
+
+
+@contextlib.contextmanager
+def full_precision(device: torch.device) -> Iterator[None]:
+    """Switch autocast off on ``device`` (reported figures are never computed in bf16/fp16)."""
+    with torch.autocast(device.type, enabled=False):
+        yield
+
+
+def importance_weighted_bound(
+    model: ImportanceSampled, x: Tensor, num_samples: int, rows: int | None = None
+) -> Tensor:
+    """``L_k`` with ``k = num_samples``: a ``(B,)`` lower bound on ``log p(x)`` in nats.
+
+    ``q(z|x)`` is computed once; the ``k`` samples are drawn in chunks of at most ``rows`` decoder
+    rows (``chunk_rows``: 4096 on the CPU, 32768 on a GPU by default), and the log-sum-exp runs
+    over all ``k`` log weights at once, so the result does not depend on the chunking.
+
+    Reference: Burda et al. (2015), eq. 8.
+    """
+    if num_samples < 1:
+        raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+    with full_precision(x.device):
+        posterior = model.encode(x)
+        chunks = [
+            model.log_weights(x, c, posterior)  # (c, B)
+            for c in sample_chunks(num_samples, x.shape[0], chunk_rows(rows, x.device))
+        ]
+        return iwae_bound(torch.cat(chunks, dim=0), dim=0)
 
 
 class ELBOObjective(nn.Module):
@@ -163,3 +234,17 @@ class ELBOObjective(nn.Module):
             f"beta={self.beta}, warmup_steps={self.warmup_steps}, capacity_max={self.capacity_max}, "
             f"iwae_samples={self.iwae_samples}, elbo_samples={self.elbo_samples}"
         )
+
+
+__all__ = [
+    "CPU_CHUNK_ROWS",
+    "CUDA_CHUNK_ROWS",
+    "ELBOObjective",
+    "ImportanceSampled",
+    "chunk_rows",
+    "full_precision",
+    "importance_weighted_bound",
+    "iwae_bound",
+    "kl_or_estimate",
+    "sample_chunks",
+]

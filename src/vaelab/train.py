@@ -35,6 +35,7 @@ from vaelab.checkpoints import (
 )
 from vaelab.config import config_dir, register_resolvers
 from vaelab.distributed import hydra_ddp_jobs
+from vaelab.extras import check_command_line
 from vaelab.lit import GenerativeModule
 from vaelab.loggers import continue_wandb_runs, finish_loggers, is_wandb_logger_config
 from vaelab.utils import print_summary, to_float_dict, write_metrics
@@ -253,8 +254,6 @@ def hydra_main(cfg: DictConfig) -> float | None:
 def main() -> None:
     """``vaelab-train``: a missing sweeper/launcher plugin is named with its ``pip install``
     before Hydra looks for its config (which would only say the option does not exist)."""
-    from vaelab.extras import check_command_line
-
     check_command_line(prog="vaelab-train")
     hydra_main()
 

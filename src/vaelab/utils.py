@@ -16,6 +16,7 @@ from vaelab.checkpoints import (
     non_finite_weights,
     read_checkpoint,
 )
+from vaelab.evaluation.stats import format_with_error
 
 
 def to_float_dict(metrics: Mapping[str, Any]) -> dict[str, float]:
@@ -62,8 +63,6 @@ def print_summary(title: str, metrics: Mapping[str, float], where: Mapping[str, 
     table.add_column("metric")
     table.add_column("value", justify="right")
     table.add_column("unit")
-    from vaelab.evaluation.stats import format_with_error
-
     for k in sorted(metrics):
         stage, _, name = k.partition("/")
         if stage not in ("val", "test") or name.startswith("iwae_bound") or k.endswith("_se"):

@@ -15,7 +15,7 @@ from tests.conftest import compose_train
 from tests.unit.test_cifar10 import write_fake_cifar10
 from vaelab.data import CIFAR10DataModule, MNISTDataModule
 from vaelab.models import RealNVP, RealNVPMLP
-from vaelab.objectives import bits_per_dim
+from vaelab.units import bits_per_dim
 
 
 @pytest.fixture(autouse=True, scope="module")

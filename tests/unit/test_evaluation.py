@@ -11,12 +11,11 @@ from torch import Tensor, nn
 
 from tests.unit.test_active_units import make_vae
 from vaelab.distributions import BernoulliLikelihood, GaussianEncoder
-from vaelab.evaluation import importance_weighted_bound, sample_chunks
 from vaelab.lit import GenerativeModule
 from vaelab.models import VAE, HierarchicalVAE
 from vaelab.models.base import LatentVariableModel
 from vaelab.nn import MLP
-from vaelab.objectives import iwae_bound
+from vaelab.objectives import importance_weighted_bound, iwae_bound, sample_chunks
 
 SHAPE = (1, 4, 4)
 K = 50

@@ -8,7 +8,8 @@ import pytest
 import torch
 from torch.distributions import Independent, MultivariateNormal, Normal
 
-from vaelab.objectives import ELBOObjective, bits_per_dim, iwae_bound, kl_or_estimate
+from vaelab.objectives import ELBOObjective, iwae_bound, kl_or_estimate
+from vaelab.units import bits_per_dim
 
 
 def test_analytic_kl_matches_monte_carlo() -> None:

@@ -12,7 +12,7 @@ from torch.autograd.functional import jacobian
 from vaelab.flows import IdentityTransform, NonFiniteLogDetError
 from vaelab.models.base import GenerativeModel, Terms
 from vaelab.models.realnvp import FlowModel, RealNVP, RealNVPMLP
-from vaelab.objectives import bits_per_dim
+from vaelab.units import bits_per_dim
 
 LN2 = math.log(2.0)
 

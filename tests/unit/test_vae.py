@@ -158,10 +158,10 @@ def test_sample_shapes_and_prior_device_safety() -> None:
 
 
 def test_chunk_rows_default_depends_on_the_device() -> None:
-    from vaelab.models.vae import CPU_CHUNK_ROWS, CUDA_CHUNK_ROWS, chunk_rows
+    from vaelab.objectives import CPU_CHUNK_ROWS, CUDA_CHUNK_ROWS, chunk_rows
 
     assert chunk_rows(None, torch.device("cpu")) == CPU_CHUNK_ROWS
     assert chunk_rows(None, torch.device("cuda", 0)) == CUDA_CHUNK_ROWS
     assert chunk_rows(64, torch.device("cpu")) == 64  # a configured value always wins
-    # Under glibc's 32 MiB mmap ceiling for 784-pixel float32 rows (see the comment in vae.py).
+    # Under glibc's 32 MiB mmap ceiling for 784-pixel float32 rows (see the comment in objectives.py).
     assert CPU_CHUNK_ROWS * 784 * 4 < 32 * 2**20

@@ -10,6 +10,7 @@ import torch
 from torch import Tensor
 
 from vaelab.data.loader import BatchTransform, IndexBatchLoader
+from vaelab.units import check_kind
 
 
 @dataclass(frozen=True)
@@ -17,7 +18,7 @@ class DataInfo:
     """What a model needs to know about the data: its shape and kind.
 
     ``kind`` is ``"binary"`` (values in {0, 1}), ``"dequantized"`` (8-bit images as
-    ``(x + u) / 256``) or ``"unit"`` (8-bit images as ``x / 255``); see ``vaelab.evaluation.units``.
+    ``(x + u) / 256``) or ``"unit"`` (8-bit images as ``x / 255``); see ``vaelab.units``.
     """
 
     shape: tuple[int, ...]
@@ -103,8 +104,6 @@ class TensorImageDataModule(L.LightningDataModule):
     # -- Lightning -----------------------------------------------------------------------------
     @property
     def info(self) -> DataInfo:
-        from vaelab.evaluation.units import check_kind
-
         return DataInfo(shape=tuple(self.shape), kind=check_kind(self.kind))
 
     def setup(self, stage: str | None = None) -> None:

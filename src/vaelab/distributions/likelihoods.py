@@ -9,6 +9,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.distributions import Bernoulli, Distribution, Independent, Normal
 
+from vaelab.units import check_kind
+
 
 def at_least_float32(t: Tensor) -> Tensor:
     """Upcast half/bfloat16 (autocast outputs) to float32; leave float32 and float64 alone."""
@@ -64,7 +66,7 @@ class IndependentBernoulli(Independent):
 class Likelihood(nn.Module):
     """Base: ``forward(z) -> Distribution`` with event shape ``data_shape``.
 
-    ``data_kinds`` lists what data the likelihood can model (``vaelab.evaluation.units``:
+    ``data_kinds`` lists what data the likelihood can model (``vaelab.units``:
     ``"binary"``, ``"dequantized"``, ``"unit"``).
     """
 
@@ -76,8 +78,6 @@ class Likelihood(nn.Module):
         self.data_shape = tuple(int(s) for s in data_shape)
 
     def check_data(self, data_kind: str) -> None:
-        from vaelab.evaluation.units import check_kind
-
         if check_kind(data_kind) not in self.data_kinds:
             raise ValueError(
                 f"{type(self).__name__} cannot model {data_kind!r} data (it models "

@@ -1,84 +1,20 @@
-"""The importance-weighted bound ``L_k``, chunked, and the per-image figures of an evaluation batch.
+"""The per-image figures of an evaluation batch: the model's terms, ``nll`` and ``bpd``.
 
-Written once for every latent-variable model: a model exposes ``encode(x) -> q(z|x)`` and its log
-importance weights ``log_weights(x, k, posterior) -> (k, B)`` (``log p(x, z_i) - log q(z_i | x)``
-with ``z_i ~ q``); this module draws them chunk by chunk so ``k = 5000`` fits in memory and combines
-them with one log-sum-exp over all ``k`` (never a mean of per-chunk bounds, which is smaller).
-Flows report their exact ``log p(x)`` from ``forward``.
+``nll`` is the exact ``-log p(x)`` for a flow (from ``forward``), ``-L_k`` for a latent-variable
+model (``model.log_likelihood``, i.e. ``vaelab.objectives.importance_weighted_bound``, chunked).
 
 Precision: every reported figure is computed with autocast switched off (``full_precision``), so
 log-likelihoods, KL terms, log weights and their log-sum-exp are float32 (float64 for a float64
 model) whatever ``trainer.precision`` says. Training keeps its mixed precision.
-
-Reference: Burda, Grosse & Salakhutdinov (2015), Importance Weighted Autoencoders, eq. 8.
 """
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
-from typing import TYPE_CHECKING
-
-import torch
 from torch import Tensor
 
-from vaelab.evaluation.units import bits_per_dim, has_bits_per_dim
-from vaelab.objectives import iwae_bound
-
-if TYPE_CHECKING:  # pragma: no cover
-    from vaelab.models.base import GenerativeModel, LatentVariableModel
-
-# Decoder rows per L_k chunk. On the CPU a chunk's (rows x 784) float32 temporaries must stay under
-# glibc's largest mmap threshold (32 MiB), or each chunk maps fresh pages and page-faults on every
-# touch: 4096 rows made L_5000 23 % faster than 32768 on this project's machine (7.5 million page
-# faults fewer per 200 images). A GPU wants large chunks.
-CPU_CHUNK_ROWS = 1 << 12
-CUDA_CHUNK_ROWS = 1 << 15
-
-
-def chunk_rows(configured: int | None, device: torch.device) -> int:
-    """``configured``, or the default for ``device`` when it is ``None``."""
-    if configured is not None:
-        return int(configured)
-    return CPU_CHUNK_ROWS if device.type == "cpu" else CUDA_CHUNK_ROWS
-
-
-def sample_chunks(num_samples: int, batch_size: int, chunk_rows: int) -> list[int]:
-    """Split ``num_samples`` importance samples into chunks of at most ``chunk_rows`` rows in total.
-
-    A chunk of ``c`` samples costs ``c * batch_size`` decoder rows; this bounds peak memory.
-    """
-    per = max(1, chunk_rows // max(1, batch_size))
-    return [min(per, num_samples - i) for i in range(0, num_samples, per)]
-
-
-@contextlib.contextmanager
-def full_precision(device: torch.device) -> Iterator[None]:
-    """Switch autocast off on ``device`` (reported figures are never computed in bf16/fp16)."""
-    with torch.autocast(device.type, enabled=False):
-        yield
-
-
-def importance_weighted_bound(
-    model: LatentVariableModel, x: Tensor, num_samples: int, rows: int | None = None
-) -> Tensor:
-    """``L_k`` with ``k = num_samples``: a ``(B,)`` lower bound on ``log p(x)`` in nats.
-
-    ``q(z|x)`` is computed once; the ``k`` samples are drawn in chunks of at most ``rows`` decoder
-    rows (``chunk_rows``: 4096 on the CPU, 32768 on a GPU by default), and the log-sum-exp runs
-    over all ``k`` log weights at once, so the result does not depend on the chunking.
-
-    Reference: Burda et al. (2015), eq. 8.
-    """
-    if num_samples < 1:
-        raise ValueError(f"num_samples must be >= 1, got {num_samples}")
-    with full_precision(x.device):
-        posterior = model.encode(x)
-        chunks = [
-            model.log_weights(x, c, posterior)  # (c, B)
-            for c in sample_chunks(num_samples, x.shape[0], chunk_rows(rows, x.device))
-        ]
-        return iwae_bound(torch.cat(chunks, dim=0), dim=0)
+from vaelab.models.base import GenerativeModel
+from vaelab.objectives import full_precision
+from vaelab.units import bits_per_dim, has_bits_per_dim
 
 
 def batch_figures(
@@ -107,12 +43,4 @@ def batch_figures(
     return out
 
 
-__all__ = [
-    "CPU_CHUNK_ROWS",
-    "CUDA_CHUNK_ROWS",
-    "batch_figures",
-    "chunk_rows",
-    "full_precision",
-    "importance_weighted_bound",
-    "sample_chunks",
-]
+__all__ = ["batch_figures"]

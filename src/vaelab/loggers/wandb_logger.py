@@ -19,6 +19,7 @@ from lightning.pytorch.loggers import Logger
 from lightning.pytorch.loggers import WandbLogger as _LightningWandbLogger
 from lightning.pytorch.loggers.logger import rank_zero_experiment
 
+from vaelab.extras import require
 from vaelab.loggers.naming import hydra_run_names
 from vaelab.loggers.wandb_mode import resolve_mode, started_run
 
@@ -60,8 +61,6 @@ class WandbLogger(_LightningWandbLogger):
         settings: Mapping[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
-        from vaelab.extras import require
-
         require("wandb", "logger=wandb")  # the pip install to run, not Lightning's bare hint
         mode = resolve_mode(offline)
         if mode == "offline" and offline is None:

@@ -4,7 +4,7 @@ A model is a plain ``nn.Module``; the Lightning side (``vaelab.lit``) is written
 
 Units: every log-likelihood is in nats, of the data exactly as the DataModule delivers it
 (binary pixels for binarized MNIST; ``(x + u) / 256`` in ``[0, 1)`` for dequantized 8-bit images).
-Converting to bits/dim in pixel space is ``vaelab.evaluation.units.bits_per_dim``'s job.
+Converting to bits/dim in pixel space is ``vaelab.units.bits_per_dim``'s job.
 """
 
 from __future__ import annotations
@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 from torch.distributions import Distribution
+
+from vaelab.objectives import importance_weighted_bound
 
 
 @dataclass(frozen=True)
@@ -71,7 +73,7 @@ class GenerativeModel(nn.Module):
         """Raise ``ValueError`` if this model cannot model data of ``data_kind``.
 
         ``data_kind`` is ``"binary"`` (values in {0, 1}), ``"dequantized"`` (``(x + u) / 256``)
-        or ``"unit"`` (``x / 255``); see ``vaelab.evaluation.units``. The default accepts all.
+        or ``"unit"`` (``x / 255``); see ``vaelab.units``. The default accepts all.
         """
 
     @property
@@ -102,7 +104,7 @@ class LatentVariableModel(GenerativeModel):
       samples of all latents, given ``posterior = encode(x)`` (computed once per batch);
     - ``posterior_means(x) -> {layer: (B, d)}``, what active units are counted on.
 
-    ``log_likelihood`` is then ``vaelab.evaluation.importance_weighted_bound``, written once.
+    ``log_likelihood`` is then ``vaelab.objectives.importance_weighted_bound``, written once.
     ``eval_chunk_rows`` bounds ``k * B`` decoder rows per chunk (``None``: the device's default).
     """
 
@@ -128,10 +130,8 @@ class LatentVariableModel(GenerativeModel):
         """``L_k`` with ``k = num_samples``: ``(B,)`` lower bound on ``log p(x)`` in nats.
 
         Chunked over samples (so ``k = 5000`` fits in memory), float32 under any autocast; see
-        ``vaelab.evaluation.importance_weighted_bound``.
+        ``vaelab.objectives.importance_weighted_bound``.
         """
-        from vaelab.evaluation.likelihood import importance_weighted_bound
-
         if num_samples < 1:
             raise ValueError(f"num_samples must be >= 1, got {num_samples}")
         self._check_values(x)

@@ -37,6 +37,7 @@ from vaelab.flows import (
 )
 from vaelab.flows.nets import GAIN_SUFFIX
 from vaelab.models.base import GenerativeModel, Terms
+from vaelab.units import check_kind
 
 NORMS = ("batch", "act", "none")
 
@@ -114,8 +115,6 @@ class FlowModel(GenerativeModel):
 
     # -- protocol -----------------------------------------------------------------------------
     def check_data(self, data_kind: str) -> None:
-        from vaelab.evaluation.units import check_kind
-
         kind = check_kind(data_kind)
         if kind == "unit":
             raise ValueError(

@@ -17,18 +17,11 @@ from vaelab.distributions import (
     Likelihood,
     StandardNormalPrior,
 )
-from vaelab.evaluation.likelihood import (
-    CPU_CHUNK_ROWS,
-    CUDA_CHUNK_ROWS,
-    chunk_rows,
-    sample_chunks,
-)
 from vaelab.models.base import LatentVariableModel, Terms
 from vaelab.nn import init_weights
 from vaelab.objectives import ELBOObjective, iwae_bound, kl_or_estimate
 
-# L_k chunking lives in vaelab.evaluation (written once); re-exported here for existing imports.
-__all__ = ["CPU_CHUNK_ROWS", "CUDA_CHUNK_ROWS", "VAE", "chunk_rows", "sample_chunks"]
+__all__ = ["VAE"]
 
 
 class VAE(LatentVariableModel):

@@ -1,5 +1,8 @@
 """Data kinds and unit conversions: what the numbers a model reports are measured in.
 
+The vocabulary every layer may import (data, models, objectives, evaluation, lit): it imports
+nothing of vaelab. ``LN2`` and ``bits_per_dim`` are written here once.
+
 Data kinds (``DataInfo.kind``, ``GenerativeModel.check_data``):
 
 - ``binary``: values in {0, 1} (binarized MNIST). A log-likelihood is a log-probability, in nats
@@ -19,7 +22,10 @@ import math
 
 from torch import Tensor
 
+#: ln 2: nats per bit.
 LN2 = math.log(2.0)
+#: ln 256: the log-Jacobian per sub-pixel from a density on ``[0, 1)`` back to 8-bit pixel units.
+LN256 = math.log(256.0)
 DATA_KINDS = ("binary", "dequantized", "unit")
 
 
@@ -61,11 +67,11 @@ def bits_per_dim(nll: Tensor, num_dims: int, data_kind: str) -> Tensor:
     if kind == "binary":
         return nll / (num_dims * LN2)
     if kind == "dequantized":
-        return (nll + num_dims * math.log(256.0)) / (num_dims * LN2)
+        return (nll + num_dims * LN256) / (num_dims * LN2)
     raise ValueError(
         "bits/dim is not defined for 'unit' data (x / 255 without dequantization): a density on "
         "those values bounds no discrete likelihood. Use data.dequantize=true."
     )
 
 
-__all__ = ["DATA_KINDS", "LN2", "bits_per_dim", "check_kind", "has_bits_per_dim"]
+__all__ = ["DATA_KINDS", "LN2", "LN256", "bits_per_dim", "check_kind", "has_bits_per_dim"]
