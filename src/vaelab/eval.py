@@ -25,16 +25,12 @@ import hydra
 import lightning as L
 from hydra.utils import instantiate
 from lightning.pytorch.utilities import rank_zero_only
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from vaelab.checkpoints import (
-    AtomicCheckpointIO,
-    CheckpointError,
-    non_finite_weights,
-    read_checkpoint,
-)
+from vaelab.checkpoints import AtomicCheckpointIO, load_run
 from vaelab.config import config_dir, register_resolvers
-from vaelab.utils import print_summary, to_float_dict, write_metrics
+from vaelab.tasks import TaskRecord, metrics_path, task_wrapper
+from vaelab.utils import print_summary, to_float_dict
 
 log = logging.getLogger(__name__)
 
@@ -51,90 +47,70 @@ def evaluate(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
             not finite.
         NonFiniteResultError: a figure came out NaN or infinite (still written to metrics.json).
     """
-    ckpt_path = str(cfg.ckpt_path)
-    out_dir = Path(cfg.paths.output_dir)
-    metrics: dict[str, float] = {}
-    status = "ok"
-    ckpt: dict[str, Any] = {}
-    objects: dict[str, Any] = {}
-    trust = bool(cfg.get("trust_checkpoint", False))
-    try:
-        ckpt = read_checkpoint(ckpt_path, trust=trust)
-        if "vaelab_config" not in ckpt:
-            raise CheckpointError(
-                f"{ckpt_path} has no vaelab_config: it was not written by vaelab-train, so the "
-                "model cannot be rebuilt from it"
-            )
-        bad = non_finite_weights(ckpt["state_dict"])
-        if bad:
-            raise CheckpointError(
-                f"{ckpt_path} holds weights that are not finite ({', '.join(bad[:3])}"
-                f"{', ...' if len(bad) > 3 else ''}); its figures would be NaN. Evaluate an "
-                "earlier checkpoint of the run (checkpoints/best-*.ckpt, or the last good last.ckpt)"
-            )
-        run = OmegaConf.create(ckpt["vaelab_config"])
-        run.data.data_dir = cfg.eval.data_dir
-        L.seed_everything(cfg.get("seed", 0), workers=True)
-        datamodule = instantiate(run.data)
-        model = instantiate(run.model)
-        module = instantiate(
-            run.module,
-            model=model,
-            optimizer=instantiate(run.optimizer),
-            test_num_samples=cfg.eval.num_samples,
-            eval_seed=cfg.eval.seed,
-        )
-        loggers = [
-            instantiate(c) for c in (cfg.get("logger") or {}).values() if c and "_target_" in c
-        ]
-        trainer: L.Trainer = instantiate(
-            cfg.trainer, logger=loggers or False, plugins=[AtomicCheckpointIO(trust=trust)]
-        )
-        objects = {"trainer": trainer, "module": module, "datamodule": datamodule}
-        if cfg.eval.split == "val":
-            datamodule.test_dataloader = datamodule.val_dataloader  # evaluate the held-out split
-        elif cfg.eval.split != "test":
-            raise ValueError(f"eval.split must be 'test' or 'val', got {cfg.eval.split!r}")
-        trainer.test(module, datamodule=datamodule, ckpt_path=ckpt_path)
-        metrics = to_float_dict(trainer.callback_metrics)
-        if cfg.eval.split == "val":
-            metrics = {k.replace("test/", "val/", 1): v for k, v in metrics.items()}
-        bad_figures = sorted(k for k, v in metrics.items() if not math.isfinite(v))
-        if bad_figures:
-            raise NonFiniteResultError(
-                f"{ckpt_path}: {', '.join(f'{k} = {metrics[k]}' for k in bad_figures)}; the "
-                "model's likelihood overflows on this data (check that the data matches the "
-                "run's, and evaluate an earlier checkpoint)"
-            )
-    except BaseException as err:
-        status = f"failed: {type(err).__name__}: {err}"
-        raise
-    finally:
-        trainer = objects.get("trainer")
-        rank = trainer.global_rank if trainer is not None else rank_zero_only.rank
-        if rank == 0:
-            try:
-                write_metrics(
-                    out_dir / "metrics.json",
-                    metrics,
-                    status=status,
-                    checkpoint=ckpt_path,
-                    num_samples=int(cfg.eval.num_samples),
-                    split=str(cfg.eval.split),
-                    epoch=ckpt.get("epoch"),
-                    global_step=ckpt.get("global_step"),
-                )
-            except Exception as err:  # never hide the evaluation's own error behind this one
-                if status == "ok":
-                    raise
-                log.error("could not write %s: %s", out_dir / "metrics.json", err)
-    if rank == 0:
+    metrics, objects = evaluate_checkpoint(cfg)
+    trainer = objects["trainer"]
+    if trainer.global_rank == 0:
+        ckpt_path = str(cfg.ckpt_path)
         print_summary(
             f"vaelab eval: {Path(ckpt_path).name} (k = {cfg.eval.num_samples})",
             metrics,
-            {"checkpoint": ckpt_path, "metrics": str(out_dir / "metrics.json")},
+            {"checkpoint": ckpt_path, "metrics": str(metrics_path(cfg))},
         )
     return metrics, objects
+
+
+@task_wrapper
+def evaluate_checkpoint(
+    cfg: DictConfig, record: TaskRecord
+) -> tuple[dict[str, float], dict[str, Any]]:
+    """The task of :func:`evaluate`: ``(metrics, objects)``."""
+    ckpt_path = str(cfg.ckpt_path)
+    ckpt: dict[str, Any] = {}
+    objects: dict[str, Any] = {}
+    record.fields = lambda: {
+        "checkpoint": ckpt_path,
+        "num_samples": int(cfg.eval.num_samples),
+        "split": str(cfg.eval.split),
+        "epoch": ckpt.get("epoch"),
+        "global_step": ckpt.get("global_step"),
+    }
+    record.is_main = lambda: (
+        (objects["trainer"].global_rank if objects.get("trainer") else rank_zero_only.rank) == 0
+    )
+    trust = bool(cfg.get("trust_checkpoint", False))
+    L.seed_everything(cfg.get("seed", 0), workers=True)
+    run = load_run(ckpt_path, data_dir=cfg.eval.data_dir, trust=trust)
+    ckpt.update(run.checkpoint)
+    module = instantiate(
+        run.config.module,
+        model=run.model,
+        optimizer=instantiate(run.config.optimizer),
+        test_num_samples=cfg.eval.num_samples,
+        eval_seed=cfg.eval.seed,
+    )
+    loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c and "_target_" in c]
+    trainer: L.Trainer = instantiate(
+        cfg.trainer, logger=loggers or False, plugins=[AtomicCheckpointIO(trust=trust)]
+    )
+    datamodule = run.datamodule
+    objects.update(trainer=trainer, module=module, datamodule=datamodule)
+    if cfg.eval.split == "val":
+        datamodule.test_dataloader = datamodule.val_dataloader  # evaluate the held-out split
+    elif cfg.eval.split != "test":
+        raise ValueError(f"eval.split must be 'test' or 'val', got {cfg.eval.split!r}")
+    trainer.test(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    metrics = to_float_dict(trainer.callback_metrics)
+    if cfg.eval.split == "val":
+        metrics = {k.replace("test/", "val/", 1): v for k, v in metrics.items()}
+    record.metrics.update(metrics)
+    bad_figures = sorted(k for k, v in metrics.items() if not math.isfinite(v))
+    if bad_figures:
+        raise NonFiniteResultError(
+            f"{ckpt_path}: {', '.join(f'{k} = {metrics[k]}' for k in bad_figures)}; the "
+            "model's likelihood overflows on this data (check that the data matches the "
+            "run's, and evaluate an earlier checkpoint)"
+        )
+    return record.metrics, objects
 
 
 register_resolvers()

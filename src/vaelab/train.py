@@ -38,7 +38,8 @@ from vaelab.distributed import hydra_ddp_jobs
 from vaelab.extras import check_command_line
 from vaelab.lit import GenerativeModule
 from vaelab.loggers import continue_wandb_runs, finish_loggers, is_wandb_logger_config
-from vaelab.utils import print_summary, to_float_dict, write_metrics
+from vaelab.tasks import TaskRecord, task_wrapper
+from vaelab.utils import print_summary, to_float_dict
 
 log = logging.getLogger(__name__)
 
@@ -157,75 +158,9 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     ``metrics.json`` is written whatever happens, with ``status: ok`` or ``status: failed: ...``,
     also when the run fails before training starts (a refused checkpoint, a bad config).
     """
-    out_dir = Path(cfg.paths.output_dir)
-    objects: dict[str, Any] = {}
-    metrics: dict[str, float] = {}
-    fit_ckpts: dict[str, str] = {}  # read after fit: testing a checkpoint restores older paths
-    status = "ok"
-    ckpt_path: str | None = None
-    t0 = time.perf_counter()
-    train_seconds = 0.0
-    try:
-        if cfg.get("seed") is not None:
-            L.seed_everything(cfg.seed, workers=True)
-        ckpt_path = resolve_ckpt_path(cfg)
-        if ckpt_path and any(map(is_wandb_logger_config, (cfg.get("logger") or {}).values())):
-            # A resumed run continues its W&B run: the saved id goes into the logger's config.
-            saved = read_checkpoint(ckpt_path, trust=bool(cfg.get("trust_checkpoint", False)))
-            if continue_wandb_runs(cfg.logger, wandb_state_from_checkpoint(saved)):
-                log.info("Continuing the W&B run saved in %s", ckpt_path)
-        run_config = OmegaConf.to_container(cfg, resolve=True)
-        objects = build(cfg)
-        trainer: L.Trainer = objects["trainer"]
-        module: GenerativeModule = objects["module"]
-        datamodule = objects["datamodule"]
-        module.run_config = run_config  # saved in every checkpoint, so vaelab-eval can rebuild it
-        for lg in objects["loggers"]:
-            lg.log_hyperparams(run_config)
-        if cfg.get("train", True):
-            trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
-            metrics.update(module.last_train_metrics)  # train/*, as last written to the loggers
-            metrics.update(to_float_dict(trainer.callback_metrics))
-            fit_ckpts = checkpoint_paths(trainer)
-        train_seconds = time.perf_counter() - t0
-        if cfg.get("test", True):
-            best = fit_ckpts.get("best", "") if cfg.get("train", True) else ""
-            test_ckpt = best or (None if cfg.get("train", True) else ckpt_path)
-            if best:
-                log.info("Testing the best checkpoint %s", best)
-            trainer.test(module, datamodule=datamodule, ckpt_path=test_ckpt)
-            metrics.update(to_float_dict(trainer.callback_metrics))
-    except BaseException as err:
-        status = f"failed: {type(err).__name__}: {err}"
-        raise
-    finally:
-        trainer = objects.get("trainer")
-        rank = trainer.global_rank if trainer is not None else rank_zero_only.rank
-        if rank == 0:
-            now = checkpoint_paths(trainer)
-            try:
-                write_metrics(
-                    out_dir / "metrics.json",
-                    metrics,
-                    status=status,
-                    epochs=trainer.current_epoch if trainer is not None else None,
-                    global_step=trainer.global_step if trainer is not None else None,
-                    seconds=round(time.perf_counter() - t0, 2),
-                    resumed_from=ckpt_path,
-                    best_checkpoint=fit_ckpts.get("best") or now["best"] or None,
-                    last_checkpoint=fit_ckpts.get("last") or now["last"] or None,
-                    output_dir=str(out_dir),
-                    # where it ran and on how many CPU threads
-                    device=str(objects["module"].device) if objects.get("module") else None,
-                    threads=torch.get_num_threads(),
-                )
-            except Exception as err:  # never hide the run's own error behind this one
-                if status == "ok":
-                    raise
-                log.error("could not write %s: %s", out_dir / "metrics.json", err)
-        if objects.get("loggers"):
-            finish_loggers(objects["loggers"], metrics, ok=status == "ok")  # one W&B run per job
-    if trainer.global_rank == 0:
+    metrics, objects, train_seconds = fit_and_test(cfg)
+    if objects["trainer"].global_rank == 0:
+        out_dir = Path(cfg.paths.output_dir)
         print_summary(
             f"vaelab {cfg.task_name}: {cfg.model._target_.rsplit('.', 1)[-1]} on "
             f"{cfg.data._target_.rsplit('.', 1)[-1]} ({train_seconds:.0f} s training)",
@@ -237,6 +172,73 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
             },
         )
     return metrics, objects
+
+
+@task_wrapper
+def fit_and_test(
+    cfg: DictConfig, record: TaskRecord
+) -> tuple[dict[str, float], dict[str, Any], float]:
+    """The task of :func:`train`: ``(metrics, objects, seconds of training)``."""
+    objects: dict[str, Any] = {}
+    metrics = record.metrics
+    fit_ckpts: dict[str, str] = {}  # read after fit: testing a checkpoint restores older paths
+    ckpt_path: str | None = None
+
+    def fields() -> dict[str, Any]:
+        trainer = objects.get("trainer")
+        now = checkpoint_paths(trainer)
+        return {
+            "epochs": trainer.current_epoch if trainer is not None else None,
+            "global_step": trainer.global_step if trainer is not None else None,
+            "seconds": record.seconds(),
+            "resumed_from": ckpt_path,
+            "best_checkpoint": fit_ckpts.get("best") or now["best"] or None,
+            "last_checkpoint": fit_ckpts.get("last") or now["last"] or None,
+            "output_dir": str(Path(cfg.paths.output_dir)),
+            # where it ran and on how many CPU threads
+            "device": str(objects["module"].device) if objects.get("module") else None,
+            "threads": torch.get_num_threads(),
+        }
+
+    def finish(r: TaskRecord) -> None:
+        if objects.get("loggers"):
+            finish_loggers(objects["loggers"], r.metrics, ok=r.ok)  # one W&B run per job
+
+    record.fields = fields
+    record.is_main = lambda: (
+        (objects["trainer"].global_rank if objects.get("trainer") else rank_zero_only.rank) == 0
+    )
+    record.on_close(finish)
+    if cfg.get("seed") is not None:
+        L.seed_everything(cfg.seed, workers=True)
+    ckpt_path = resolve_ckpt_path(cfg)
+    if ckpt_path and any(map(is_wandb_logger_config, (cfg.get("logger") or {}).values())):
+        # A resumed run continues its W&B run: the saved id goes into the logger's config.
+        saved = read_checkpoint(ckpt_path, trust=bool(cfg.get("trust_checkpoint", False)))
+        if continue_wandb_runs(cfg.logger, wandb_state_from_checkpoint(saved)):
+            log.info("Continuing the W&B run saved in %s", ckpt_path)
+    run_config = OmegaConf.to_container(cfg, resolve=True)
+    objects.update(build(cfg))
+    trainer: L.Trainer = objects["trainer"]
+    module: GenerativeModule = objects["module"]
+    datamodule = objects["datamodule"]
+    module.run_config = run_config  # saved in every checkpoint, so vaelab-eval can rebuild it
+    for lg in objects["loggers"]:
+        lg.log_hyperparams(run_config)
+    if cfg.get("train", True):
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+        metrics.update(module.last_train_metrics)  # train/*, as last written to the loggers
+        metrics.update(to_float_dict(trainer.callback_metrics))
+        fit_ckpts.update(checkpoint_paths(trainer))
+    train_seconds = time.perf_counter() - record.started
+    if cfg.get("test", True):
+        best = fit_ckpts.get("best", "") if cfg.get("train", True) else ""
+        test_ckpt = best or (None if cfg.get("train", True) else ckpt_path)
+        if best:
+            log.info("Testing the best checkpoint %s", best)
+        trainer.test(module, datamodule=datamodule, ckpt_path=test_ckpt)
+        metrics.update(to_float_dict(trainer.callback_metrics))
+    return metrics, objects, train_seconds
 
 
 register_resolvers()

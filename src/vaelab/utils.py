@@ -10,12 +10,7 @@ from typing import Any
 
 import torch
 
-from vaelab.checkpoints import (
-    CheckpointError,
-    atomic_write_text,
-    non_finite_weights,
-    read_checkpoint,
-)
+from vaelab.checkpoints import atomic_write_text
 from vaelab.evaluation.stats import format_with_error
 
 
@@ -79,11 +74,4 @@ def print_summary(title: str, metrics: Mapping[str, float], where: Mapping[str, 
         console.print(f"[bold]{k}[/bold]: {v}")
 
 
-__all__ = [
-    "CheckpointError",
-    "non_finite_weights",
-    "print_summary",
-    "read_checkpoint",
-    "to_float_dict",
-    "write_metrics",
-]
+__all__ = ["print_summary", "to_float_dict", "write_metrics"]

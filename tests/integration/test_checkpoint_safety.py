@@ -22,8 +22,9 @@ from omegaconf import OmegaConf
 
 from tests.conftest import REPO, compose_train
 from tests.helpers.workflow import cli_env, run_cli, tiny
+from vaelab.checkpoints import CheckpointError, read_checkpoint
 from vaelab.train import train
-from vaelab.utils import CheckpointError, read_checkpoint, write_metrics
+from vaelab.utils import write_metrics
 
 
 class WritesAFile:

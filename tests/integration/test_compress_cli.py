@@ -51,7 +51,8 @@ def tiny_ckpt(fake_mnist: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
 def test_compress_writes_file_and_metrics_and_decompress_restores(
     tiny_ckpt: Path, fake_mnist: Path, tmp_path: Path
 ) -> None:
-    from vaelab.compression.cli import load_run, run, split_images
+    from vaelab import load_run
+    from vaelab.compression.cli import run, split_images
 
     cfg = compose_compress(
         [f"ckpt_path={tiny_ckpt}", "num_images=150", "coder.block_size=40"], tmp_path, fake_mnist
@@ -95,7 +96,7 @@ def test_compress_writes_file_and_metrics_and_decompress_restores(
         fake_mnist,
     )
     restored = run(cfg)
-    _, dm, _ = load_run(str(tiny_ckpt), str(fake_mnist))
+    dm = load_run(tiny_ckpt, fake_mnist).datamodule
     expected = split_images(dm, "test", 150)
     assert np.array_equal(np.load(out), expected) and np.array_equal(restored, expected)
 

@@ -16,7 +16,7 @@ import torch
 from tests.conftest import compose_train
 from tests.helpers.training import assert_same_checkpoints, extra_callbacks
 from vaelab import train as train_mod
-from vaelab.utils import read_checkpoint
+from vaelab.checkpoints import read_checkpoint
 
 
 class DrawFromEveryStream(L.Callback):

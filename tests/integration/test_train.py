@@ -14,9 +14,9 @@ from lightning.pytorch.callbacks import Callback
 
 from tests.conftest import REPO, compose_train
 from tests.helpers.training import extra_callbacks
+from vaelab.checkpoints import CheckpointError, read_checkpoint
 from vaelab.lit import NonFiniteError
 from vaelab.train import train
-from vaelab.utils import CheckpointError, read_checkpoint
 
 MODELS_FOR_DATA = {
     "binarized_mnist": ["vae", "beta_vae", "iwae", "conv_vae", "hvae"],

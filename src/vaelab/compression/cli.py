@@ -41,14 +41,16 @@ from typing import Any
 import hydra
 import numpy as np
 import torch
-from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
+from vaelab.checkpoints import load_run
 from vaelab.compression import fileformat
 from vaelab.compression.bbans import CoderSettings, DecodeError, check_binary, decode, encode
 from vaelab.compression.chain import LatentChain
 from vaelab.config import config_dir, register_resolvers
-from vaelab.utils import CheckpointError, read_checkpoint, write_metrics
+from vaelab.tasks import TaskRecord, task_wrapper
+from vaelab.units import bits_per_dim
+from vaelab.utils import write_metrics
 
 log = logging.getLogger(__name__)
 
@@ -60,29 +62,6 @@ def decode_file(chain: LatentChain, f: Any) -> np.ndarray:
         chain, f.payload, h["num_images"], f.settings, h["initial_words"], h["stripped_words"],
         h["buckets_sha256"],
     )  # fmt: skip
-
-
-def load_run(ckpt_path: str, data_dir: str | None = None) -> tuple[torch.nn.Module, Any, dict]:
-    """Rebuild ``(model, datamodule, checkpoint)`` from a vaelab-train checkpoint's stored config."""
-    ckpt = read_checkpoint(ckpt_path)
-    if "vaelab_config" not in ckpt:
-        raise CheckpointError(
-            f"{ckpt_path} has no vaelab_config: it was not written by vaelab-train, so the model "
-            "cannot be rebuilt from it"
-        )
-    run = OmegaConf.create(ckpt["vaelab_config"])
-    if data_dir is not None:
-        run.data.data_dir = data_dir
-    model = instantiate(run.model)
-    state = {k[len("model.") :]: v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as err:
-        raise CheckpointError(
-            f"{ckpt_path}: the weights do not fit the model its config describes ({err})"
-        ) from err
-    model.eval()
-    return model, instantiate(run.data), ckpt
 
 
 def split_images(datamodule: Any, split: str, num_images: int | None) -> np.ndarray:
@@ -116,7 +95,7 @@ def negative_elbo_bpd(
         for _ in range(samples):
             for i in range(0, x.shape[0], batch):
                 per_image[i : i + batch] += model(x[i : i + batch]).elbo.double()
-    nelbo = -(per_image / samples) / (d * math.log(2.0))  # (N,) bits/dim
+    nelbo = bits_per_dim(-(per_image / samples), d, "binary")  # (N,)
     se = float(nelbo.std() / math.sqrt(nelbo.numel())) if nelbo.numel() > 1 else float("nan")
     return float(nelbo.mean()), se
 
@@ -189,7 +168,8 @@ def trained_epochs(ckpt: dict) -> int | None:
         return None if ckpt.get("epoch") is None else int(ckpt["epoch"]) + 1
 
 
-def compress(cfg: DictConfig) -> dict[str, float]:
+@task_wrapper
+def compress(cfg: DictConfig, record: TaskRecord) -> dict[str, float]:
     """``mode=compress``: compress, write, read back, decompress, check; returns the metrics.
 
     ``metrics.json`` is written whatever happens, as vaelab-train writes it: ``status: ok`` or
@@ -197,37 +177,22 @@ def compress(cfg: DictConfig) -> dict[str, float]:
     run's ``seconds``, ``device`` and ``threads`` (what vaelab-reproduce's report reads).
     """
     out_dir = Path(cfg.paths.output_dir)
-    t0 = time.perf_counter()
-    status = "ok"
-    metrics: dict[str, float] = {}
     info: dict[str, Any] = {"checkpoint": str(cfg.ckpt_path), "split": str(cfg.split)}
-    try:
-        metrics = _compress(cfg, out_dir, info)
-    except BaseException as err:
-        status = f"failed: {type(err).__name__}: {err}"
-        raise
-    finally:
-        try:
-            write_metrics(
-                out_dir / "metrics.json",
-                metrics,
-                status=status,
-                **info,
-                seconds=round(time.perf_counter() - t0, 2),
-                output_dir=str(out_dir),
-                threads=torch.get_num_threads(),
-            )
-        except Exception as err:  # never hide the run's own error behind this one
-            if status == "ok":
-                raise
-            log.error("could not write %s: %s", out_dir / "metrics.json", err)
-    return metrics
+    record.fields = lambda: {
+        **info,
+        "seconds": record.seconds(),
+        "output_dir": str(out_dir),
+        "threads": torch.get_num_threads(),
+    }
+    record.metrics.update(_compress(cfg, out_dir, info))
+    return record.metrics
 
 
 def _compress(cfg: DictConfig, out_dir: Path, info: dict[str, Any]) -> dict[str, float]:
     """The work of ``compress``; fills ``info`` (what metrics.json records besides the figures)."""
     ckpt_path = str(cfg.ckpt_path)
-    model, datamodule, ckpt = load_run(ckpt_path, cfg.data_dir)
+    run = load_run(ckpt_path, cfg.data_dir)
+    model, datamodule, ckpt = run.model, run.datamodule, run.checkpoint
     info.update(
         epoch=ckpt.get("epoch"),
         epochs=trained_epochs(ckpt),
@@ -309,7 +274,7 @@ def decompress(cfg: DictConfig) -> np.ndarray:
     if not cfg.get("file"):
         raise ValueError("mode=decompress needs file=<path of a file written by vaelab-compress>")
     f = fileformat.read(cfg.file)
-    model, _, _ = load_run(str(cfg.ckpt_path), cfg.data_dir)
+    model = load_run(str(cfg.ckpt_path), cfg.data_dir).model
     chain = LatentChain(model)
     fileformat.check_model(f, chain.fingerprint, str(cfg.ckpt_path))
     if tuple(f.header["image_shape"]) != chain.data_shape:

@@ -1,0 +1,141 @@
+"""One task wrapper for every command: ``metrics.json`` with a status, whatever happens.
+
+``vaelab-train``, ``vaelab-eval`` and ``vaelab-compress`` write ``<output_dir>/metrics.json`` at the
+end of their task, also when it fails (a refused checkpoint, a bad config, a NaN, Ctrl-C): the
+figures gathered so far, ``status: ok`` or ``status: failed: <ExceptionType>: <message>``, and the
+task's own fields (epochs, checkpoint, ...). :func:`task_wrapper` writes it once for all of them,
+as the lightning-hydra-template's ``task_wrapper`` (``src/utils/utils.py``) wraps its tasks::
+
+    @task_wrapper
+    def evaluate(cfg: DictConfig, record: TaskRecord) -> dict[str, float]:
+        record.fields = lambda: {"checkpoint": str(cfg.ckpt_path)}
+        ...
+        record.metrics.update(figures)
+        return record.metrics
+
+    evaluate(cfg)  # the caller passes cfg only; the wrapper makes the record
+
+The task fills ``record.metrics`` as it goes; ``record.fields`` is called when the file is written
+(after the task ended or failed), so it can read state that exists only by then.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Concatenate, ParamSpec, TypeVar
+
+from lightning.pytorch.utilities import rank_zero_only
+from omegaconf import DictConfig
+
+from vaelab.utils import write_metrics
+
+log = logging.getLogger(__name__)
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _rank_zero() -> bool:
+    return rank_zero_only.rank == 0
+
+
+@dataclass
+class TaskRecord:
+    """What a task's ``metrics.json`` records, filled by the task while it runs.
+
+    Attributes:
+        path: the file (``<cfg.paths.output_dir>/metrics.json``).
+        metrics: the figures so far (sorted by name in the file; NaN and inf kept as strings).
+        fields: called when the file is written; the task's own keys, in order, after ``status``.
+        is_main: called when the file is written; only the process for which it is true writes
+            (under DDP: global rank 0).
+        status: ``ok``, or ``failed: <type>: <message>`` once the task raised.
+        started: ``time.perf_counter()`` when the task started (see :meth:`seconds`).
+    """
+
+    path: Path
+    metrics: dict[str, float] = field(default_factory=dict)
+    fields: Callable[[], Mapping[str, Any]] = dict
+    is_main: Callable[[], bool] = _rank_zero
+    status: str = "ok"
+    started: float = field(default_factory=time.perf_counter)
+    _on_close: list[Callable[[TaskRecord], None]] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        """Whether the task has not failed (so far)."""
+        return self.status == "ok"
+
+    def seconds(self) -> float:
+        """Seconds since the task started, rounded to 0.01 s (as ``metrics.json`` records it)."""
+        return round(time.perf_counter() - self.started, 2)
+
+    def on_close(self, fn: Callable[[TaskRecord], None]) -> None:
+        """Call ``fn(record)`` after ``metrics.json`` is written, also when the task failed
+        (e.g. to finish the W&B runs with the final figures and status)."""
+        self._on_close.append(fn)
+
+    def fail(self, err: BaseException) -> None:
+        """Record that the task raised ``err``."""
+        self.status = f"failed: {type(err).__name__}: {err}"
+
+    def write(self) -> Path | None:
+        """Write ``metrics.json`` (main process only); returns its path, or None if not written.
+
+        A failure to write is raised when the task succeeded, and only logged when it failed: the
+        task's own error is never hidden behind this one.
+        """
+        if not self.is_main():
+            return None
+        try:
+            return write_metrics(self.path, self.metrics, status=self.status, **self.fields())
+        except Exception as err:
+            if self.ok:
+                raise
+            log.error("could not write %s: %s", self.path, err)
+            return None
+
+    def close(self) -> None:
+        """Write ``metrics.json``, then run the :meth:`on_close` callbacks."""
+        try:
+            self.write()
+        finally:
+            for fn in self._on_close:
+                fn(self)
+
+
+def metrics_path(cfg: DictConfig) -> Path:
+    """``<cfg.paths.output_dir>/metrics.json``: where every command writes its record."""
+    return Path(cfg.paths.output_dir) / "metrics.json"
+
+
+def task_wrapper(
+    task: Callable[Concatenate[DictConfig, TaskRecord, P], R],
+) -> Callable[Concatenate[DictConfig, P], R]:
+    """Run ``task(cfg, record, ...)`` as ``wrapped(cfg, ...)``; write ``metrics.json`` whatever happens.
+
+    The wrapper makes the :class:`TaskRecord` (at :func:`metrics_path`), marks it failed with the
+    exception's type and message if the task raises (the exception propagates unchanged), and
+    closes it: writes the file and runs the task's :meth:`TaskRecord.on_close` callbacks.
+    """
+
+    @functools.wraps(task)
+    def wrapped(cfg: DictConfig, *args: P.args, **kwargs: P.kwargs) -> R:
+        record = TaskRecord(metrics_path(cfg))
+        try:
+            return task(cfg, record, *args, **kwargs)
+        except BaseException as err:
+            record.fail(err)
+            raise
+        finally:
+            record.close()
+
+    return wrapped
+
+
+__all__ = ["TaskRecord", "metrics_path", "task_wrapper"]
