@@ -98,7 +98,9 @@ def evaluate_checkpoint(
         datamodule.test_dataloader = datamodule.val_dataloader  # evaluate the held-out split
     elif cfg.eval.split != "test":
         raise ValueError(f"eval.split must be 'test' or 'val', got {cfg.eval.split!r}")
-    trainer.test(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    # The weights are in run.model already (read weights-only): no ckpt_path, so Lightning does
+    # not read the file a second time, nor warn that the run's training callbacks are missing.
+    trainer.test(module, datamodule=datamodule)
     metrics = to_float_dict(trainer.callback_metrics)
     if cfg.eval.split == "val":
         metrics = {k.replace("test/", "val/", 1): v for k, v in metrics.items()}

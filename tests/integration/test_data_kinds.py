@@ -28,6 +28,12 @@ CASES = [
         r"model\.likelihood=bernoulli",
     ),
     (["model=realnvp_mlp", "data=binarized_mnist"], r"needs dequantized", r"data=mnist"),
+    # The quick experiment, not data=mnist with the default model=realnvp (6M parameters).
+    (
+        ["model=realnvp", "data=binarized_mnist"],
+        r"needs dequantized",
+        r"experiment=realnvp_mnist",
+    ),
     (
         ["model=realnvp_mlp", "data=mnist", "data.dequantize=false"],
         r"got 'unit'",
@@ -47,6 +53,8 @@ def test_refused_combination_names_a_fix_that_runs(
     assert suggestion, str(err.value)
     key = suggestion.group(0).split("=")[0]
     fixed = [o for o in refused if o.lstrip("+").split("=")[0] != key] + [suggestion.group(0)]
+    if key == "experiment":  # an experiment is the whole run: `vaelab-train experiment=...`
+        fixed = [suggestion.group(0)]
     metrics, _ = train(compose_train([*fixed, *run], tmp_path / "fixed", fake_mnist))
     assert torch.isfinite(torch.tensor(metrics["test/nll"]))
 

@@ -8,7 +8,7 @@ from types import ModuleType
 def constriction() -> ModuleType:
     """The ``constriction`` module (entropy coders), or ImportError naming the extra to install."""
     try:
-        import constriction as c
+        import constriction as c  # optional (vaelab[compression]): imported where it is used
     except ImportError as err:  # pragma: no cover - exercised by a test that hides the module
         raise ImportError(
             "vaelab.compression needs the entropy-coding library constriction, which is not "

@@ -68,7 +68,7 @@ def started_run(lg: _LightningWandbLogger) -> Any | None:
     Public APIs only: ``lg.version`` is the run id (Lightning never starts a run to answer it) and
     ``wandb.run`` the run of this process.
     """
-    import wandb
+    import wandb  # optional (vaelab[wandb]) and slow to import: only once a W&B logger exists
 
     run = wandb.run
     if run is None or not lg.version or getattr(run, "id", None) != lg.version:

@@ -125,9 +125,12 @@ class FlowModel(GenerativeModel):
         if kind != "dequantized":
             raise ValueError(
                 f"{type(self).__name__} is a continuous density and needs dequantized 8-bit pixels "
-                f"(data kind 'dequantized'), got {kind!r}: use data=mnist (not binarized_mnist) "
-                "or data=cifar10"
+                f"(data kind 'dequantized'), got {kind!r}: " + self._fix_hint()
             )
+
+    def _fix_hint(self) -> str:
+        """What to run instead on binary data (named by :meth:`check_data`)."""
+        return "use data=mnist (not binarized_mnist) or data=cifar10"
 
     def forward(self, x: Tensor) -> Terms:
         """Terms for ``x`` (B, C, H, W) in [0, 1]: ``loss`` = mean NLL (+ L2), ``elbo`` = exact log p.
@@ -317,6 +320,14 @@ class RealNVP(FlowModel):
             check_values=check_values,
         )
         self.num_scales = int(num_scales)
+
+    def _fix_hint(self) -> str:
+        # The default model=realnvp (about 6M parameters on MNIST) takes minutes per few steps on
+        # a CPU; the experiment is the same architecture sized for one (0.2M parameters).
+        return (
+            "use experiment=realnvp_mnist (RealNVP on dequantized MNIST, 0.2M parameters, sized "
+            "for a CPU), or data=mnist / data=cifar10 with this model"
+        )
 
 
 class RealNVPMLP(FlowModel):
