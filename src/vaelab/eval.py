@@ -2,16 +2,17 @@
 
     vaelab-eval ckpt_path=logs/train/runs/<run>/checkpoints/best-epoch009.ckpt
     vaelab-eval ckpt_path=... eval.num_samples=5000 eval.split=val
+    vaelab-eval ckpt_path=logs/train/runs/<run>     # a run folder: its best checkpoint
 
 The checkpoint carries the run's resolved config (written by ``vaelab-train``), so the model and
 data are rebuilt exactly; only the data folder (``paths.data_dir`` / ``VAELAB_DATA_DIR``), k and the
 evaluation seed come from this command. With the same k and seed the result reproduces the
 training run's ``test/nll``.
 
-The checkpoint is read weights-only (``trust_checkpoint=true`` for a file you trust that needs
-pickle); weights holding a NaN or an infinity are refused, and a non-finite result (a NaN or
-infinite ``test/nll``, say) is reported in ``metrics.json`` with a failed status and makes the
-command exit non-zero.
+The run is rebuilt by ``vaelab.load_run``: the checkpoint is read weights-only
+(``trust_checkpoint=true`` for a file you trust that needs pickle); weights holding a NaN or an
+infinity are refused, and a non-finite result (a NaN or infinite ``test/nll``, say) is reported in
+``metrics.json`` with a failed status and makes the command exit non-zero.
 """
 
 from __future__ import annotations
