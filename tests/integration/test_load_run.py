@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import math
 import shutil
+import warnings
 from pathlib import Path
 
 import pytest
@@ -62,3 +64,21 @@ def test_refusals_name_the_file(run_dir: Path, tmp_path: Path) -> None:
     torch.save(ckpt, tmp_path / "foreign.ckpt")
     with pytest.raises(CheckpointError, match="no vaelab_config"):
         vaelab.load_run(tmp_path / "foreign.ckpt")
+
+
+def test_vaelab_eval_takes_a_run_folder_without_lightnings_ckpt_path_warning(
+    run_dir: Path, fake_mnist: Path, tmp_path: Path
+) -> None:
+    # Before: trainer.test(ckpt_path=...) re-read the file and warned that the callbacks that
+    # wrote it (ModelCheckpoint, ResumeState, ...) should be given to the Trainer.
+    from tests.integration.test_checkpoint_safety import eval_config
+    from vaelab.eval import evaluate
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        metrics, _ = evaluate(eval_config(run_dir, tmp_path / "eval", fake_mnist))
+    about_ckpt = [str(w.message) for w in caught if "ckpt_path" in str(w.message)]
+    assert not about_ckpt, about_ckpt
+    saved = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert saved["status"] == "ok" and saved["checkpoint"] == str(run_dir)
+    assert saved["test/nll"] == metrics["test/nll"] and math.isfinite(metrics["test/nll"])
