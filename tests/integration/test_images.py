@@ -14,14 +14,9 @@ from torch import Tensor, nn
 from torch.distributions import Independent, Normal
 
 from tests.helpers.fake_data import write_fake_mnist
-from vaelab.callbacks import (
-    ImageGrids,
-    has_encoder,
-    rank_latent_dims,
-    sample_grid,
-    traversal_grid,
-)
+from vaelab.callbacks import ImageGrids
 from vaelab.config import config_dir
+from vaelab.viz import has_encoder, rank_latent_dims, sample_grid, traversal_grid
 
 PAD = 2
 TILE = 28 + PAD  # a 28x28 image plus the padding before it

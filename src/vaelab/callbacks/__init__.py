@@ -1,28 +1,9 @@
-"""Lightning callbacks: PNG grids of samples, reconstructions, latent traversals, interpolations."""
+"""Lightning callbacks: PNG grids of samples, reconstructions, latent traversals, interpolations
+(drawn by ``vaelab.viz``), throughput progress bar, W&B run ids and RNG states in checkpoints."""
 
-from vaelab.callbacks.images import (
-    PICTURES,
-    ImageGrids,
-    has_encoder,
-    interpolation_grid,
-    log_grid,
-    rank_latent_dims,
-    reconstruction_grid,
-    sample_grid,
-    traversal_grid,
-)
+from vaelab.callbacks.images import PICTURES, ImageGrids, log_grid
 
-__all__ = [
-    "PICTURES",
-    "ImageGrids",
-    "has_encoder",
-    "interpolation_grid",
-    "log_grid",
-    "rank_latent_dims",
-    "reconstruction_grid",
-    "sample_grid",
-    "traversal_grid",
-]
+__all__ = ["PICTURES", "ImageGrids", "log_grid"]
 
 # Workflow callbacks (progress bar with throughput; W&B run id in checkpoints; RNG states in
 # checkpoints for an exact resume, added to every run by vaelab.train).

@@ -27,7 +27,7 @@ exact by construction.
 
 The grid functions (``sample_grid``, ``reconstruction_grid``, ``traversal_grid``,
 ``interpolation_grid``, ``rank_latent_dims``) live in ``vaelab.viz``, apart from this callback, so
-notebooks draw the same pictures; they are re-exported here for existing imports.
+notebooks draw the same pictures.
 
 Reference: Burda, Grosse & Salakhutdinov (2015), Importance Weighted Autoencoders, section 5.2
 (active units).
@@ -49,7 +49,6 @@ from vaelab.loggers import log_images
 from vaelab.viz import (
     has_encoder,
     interpolation_grid,
-    rank_latent_dims,
     reconstruction_grid,
     sample_grid,
     traversal_grid,
@@ -299,14 +298,4 @@ class ImageGrids(L.Callback):
         return batch[: self.num_images].detach().cpu()
 
 
-__all__ = [
-    "PICTURES",
-    "ImageGrids",
-    "has_encoder",
-    "interpolation_grid",
-    "log_grid",
-    "rank_latent_dims",
-    "reconstruction_grid",
-    "sample_grid",
-    "traversal_grid",
-]
+__all__ = ["LATENT_PICTURES", "PICTURES", "ImageGrids", "log_grid"]
