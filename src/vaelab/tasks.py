@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Concatenate, ParamSpec, TypeVar
+from typing import Any, Concatenate, ParamSpec, TypeVar, overload
 
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig
@@ -114,28 +114,47 @@ def metrics_path(cfg: DictConfig) -> Path:
     return Path(cfg.paths.output_dir) / "metrics.json"
 
 
+@overload
 def task_wrapper(
     task: Callable[Concatenate[DictConfig, TaskRecord, P], R],
-) -> Callable[Concatenate[DictConfig, P], R]:
+) -> Callable[Concatenate[DictConfig, P], R]: ...
+
+
+@overload
+def task_wrapper(
+    *, path: Callable[[DictConfig], Path]
+) -> Callable[
+    [Callable[Concatenate[DictConfig, TaskRecord, P], R]], Callable[Concatenate[DictConfig, P], R]
+]: ...
+
+
+def task_wrapper(task: Any = None, *, path: Callable[[DictConfig], Path] = metrics_path) -> Any:
     """Run ``task(cfg, record, ...)`` as ``wrapped(cfg, ...)``; write ``metrics.json`` whatever happens.
 
-    The wrapper makes the :class:`TaskRecord` (at :func:`metrics_path`), marks it failed with the
-    exception's type and message if the task raises (the exception propagates unchanged), and
-    closes it: writes the file and runs the task's :meth:`TaskRecord.on_close` callbacks.
+    The wrapper makes the :class:`TaskRecord` (at ``path(cfg)``, :func:`metrics_path` unless
+    given: ``@task_wrapper(path=lambda cfg: Path(cfg.out_dir) / "metrics.json")``), marks it
+    failed with the exception's type and message if the task raises (the exception propagates
+    unchanged), and closes it: writes the file and runs the task's :meth:`TaskRecord.on_close`
+    callbacks.
     """
 
-    @functools.wraps(task)
-    def wrapped(cfg: DictConfig, *args: P.args, **kwargs: P.kwargs) -> R:
-        record = TaskRecord(metrics_path(cfg))
-        try:
-            return task(cfg, record, *args, **kwargs)
-        except BaseException as err:
-            record.fail(err)
-            raise
-        finally:
-            record.close()
+    def decorate(
+        task: Callable[Concatenate[DictConfig, TaskRecord, P], R],
+    ) -> Callable[Concatenate[DictConfig, P], R]:
+        @functools.wraps(task)
+        def wrapped(cfg: DictConfig, *args: P.args, **kwargs: P.kwargs) -> R:
+            record = TaskRecord(path(cfg))
+            try:
+                return task(cfg, record, *args, **kwargs)
+            except BaseException as err:
+                record.fail(err)
+                raise
+            finally:
+                record.close()
 
-    return wrapped
+        return wrapped
+
+    return decorate if task is None else decorate(task)
 
 
 __all__ = ["TaskRecord", "metrics_path", "task_wrapper"]

@@ -71,3 +71,14 @@ def test_a_write_error_never_hides_the_tasks_own(tmp_path: Path) -> None:
         task(config(tmp_path), fail=RuntimeError("the task's own"))
     with pytest.raises(OSError):  # a task that succeeded reports the failed write
         task(config(tmp_path))
+
+
+def test_another_metrics_path(tmp_path: Path) -> None:
+    @task_wrapper(path=lambda cfg: Path(cfg.out_dir) / "metrics.json")
+    def table(cfg, record: TaskRecord) -> int:
+        record.metrics["rows_ok"] = 3.0
+        return 0
+
+    assert table(OmegaConf.create({"out_dir": str(tmp_path / "table")})) == 0
+    saved = json.loads((tmp_path / "table" / "metrics.json").read_text())
+    assert saved == {"rows_ok": 3.0, "status": "ok"}
