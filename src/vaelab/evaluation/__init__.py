@@ -1,7 +1,7 @@
 """The one home of every reported figure: L_k, active units, unit conversions, standard errors.
 
 - ``likelihood``: the chunked importance-weighted bound ``L_k`` and the per-image figures of an
-  evaluation batch (``batch_figures``), in float32 under any autocast.
+  evaluation batch (``batch_figures``; ``term_figures``, shared with the training rows), in float32 under any autocast.
 - ``active_units``: Burda et al.'s ``Cov_x(E_q[u|x])`` per latent layer, streaming, float64,
   reduced over processes.
 - ``units``: data kinds (``binary``, ``dequantized``, ``unit``) and bits per dimension.
@@ -22,6 +22,7 @@ from vaelab.evaluation.likelihood import (
     full_precision,
     importance_weighted_bound,
     sample_chunks,
+    term_figures,
 )
 from vaelab.evaluation.stats import MeanWithError, format_with_error, mean_and_standard_error
 from vaelab.evaluation.units import DATA_KINDS, bits_per_dim, check_kind, has_bits_per_dim
@@ -44,5 +45,6 @@ __all__ = [
     "importance_weighted_bound",
     "mean_and_standard_error",
     "sample_chunks",
+    "term_figures",
     "unit_variances",
 ]

@@ -26,7 +26,7 @@ from vaelab.evaluation.units import bits_per_dim, has_bits_per_dim
 from vaelab.objectives import iwae_bound
 
 if TYPE_CHECKING:  # pragma: no cover
-    from vaelab.models.base import GenerativeModel, LatentVariableModel
+    from vaelab.models.base import GenerativeModel, LatentVariableModel, Terms
 
 # Decoder rows per L_k chunk. On the CPU a chunk's (rows x 784) float32 temporaries must stay under
 # glibc's largest mmap threshold (32 MiB), or each chunk maps fresh pages and page-faults on every
@@ -81,29 +81,41 @@ def importance_weighted_bound(
         return iwae_bound(torch.cat(chunks, dim=0), dim=0)
 
 
+def term_figures(
+    terms: Terms, nll: Tensor | None, num_dims: int, data_kind: str
+) -> dict[str, Tensor]:
+    """The named per-image figures of one batch, ``{name: (B,)}`` in float32: the model's terms
+    (``elbo``, ``rate``, ``distortion``, ``rate/z1``, ...) and, when ``nll`` (``-log p(x)`` or a
+    bound on it, nats) is given, ``nll`` and ``bpd`` where the data kind has bits/dim. Training
+    rows (batch means, ``vaelab.lit``) and evaluation (:func:`batch_figures`) both come from here.
+    """
+    out = {name: v.detach().float() for name, v in terms.items().items()}
+    if nll is not None:
+        out["nll"] = nll
+        if has_bits_per_dim(data_kind):  # not defined for "unit" (x / 255) data
+            out["bpd"] = bits_per_dim(nll, num_dims, data_kind)
+    return out
+
+
 def batch_figures(
     model: GenerativeModel, x: Tensor, num_samples: int, data_kind: str
 ) -> dict[str, Tensor]:
     """Every per-image figure of one evaluation batch: ``{name: (B,)}``, at least float32.
 
-    The model's named terms (``elbo``, ``rate``, ``distortion``, ``rate/z1``, ...), ``loss`` (the
-    batch's loss, repeated), and ``nll`` / ``bpd``: the exact ``-log p(x)`` for a model with
-    ``exact_likelihood`` (from the same forward pass), ``-L_k`` with ``k = num_samples`` for a
-    latent-variable model (none when ``num_samples`` is 0); ``bpd`` where the data kind has one.
+    :func:`term_figures` of the model's terms, ``loss`` (the batch's loss, repeated), and
+    ``nll`` / ``bpd``: the exact ``-log p(x)`` for a model with ``exact_likelihood`` (from the
+    same forward pass), ``-L_k`` with ``k = num_samples`` for a latent-variable model (none when
+    ``num_samples`` is 0).
     """
     with full_precision(x.device):
         terms = model(x)
-        out = {name: v.detach().float() for name, v in terms.items().items()}
-        out["loss"] = terms.loss.detach().float().expand(x.shape[0])
         nll = None
         if model.exact_likelihood:
             nll = -terms.elbo.detach().float()  # a flow's forward computed the exact log p(x)
         elif num_samples > 0:
             nll = -model.log_likelihood(x, num_samples).detach().float()
-        if nll is not None:
-            out["nll"] = nll
-            if has_bits_per_dim(data_kind):  # not defined for "unit" (x / 255) data
-                out["bpd"] = bits_per_dim(nll, model.num_dims, data_kind)
+        out = term_figures(terms, nll, model.num_dims, data_kind)
+        out["loss"] = terms.loss.detach().float().expand(x.shape[0])
     return out
 
 
@@ -115,4 +127,5 @@ __all__ = [
     "full_precision",
     "importance_weighted_bound",
     "sample_chunks",
+    "term_figures",
 ]
