@@ -34,6 +34,7 @@ from vaelab.checkpoints import (
     read_checkpoint,
 )
 from vaelab.config import config_dir, register_resolvers
+from vaelab.training import quiet_lightning
 from vaelab.utils import print_summary, to_float_dict, write_metrics
 
 log = logging.getLogger(__name__)
@@ -43,6 +44,7 @@ class NonFiniteResultError(FloatingPointError):
     """An evaluation produced a NaN or infinite figure."""
 
 
+@quiet_lightning()  # Lightning's noise that is not the user's concern, for this run only
 def evaluate(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     """Test the checkpoint ``cfg.ckpt_path``; returns ``(metrics, objects)``, writes metrics.json.
 

@@ -37,6 +37,7 @@ from vaelab.config import config_dir, register_resolvers
 from vaelab.distributed import hydra_ddp_jobs
 from vaelab.lit import GenerativeModule
 from vaelab.loggers import continue_wandb_runs, finish_loggers, is_wandb_logger_config
+from vaelab.training import quiet_lightning
 from vaelab.utils import print_summary, to_float_dict, write_metrics
 
 log = logging.getLogger(__name__)
@@ -150,6 +151,7 @@ def resolve_ckpt_path(cfg: DictConfig, run_config: dict[str, Any] | None = None)
     return str(path)
 
 
+@quiet_lightning()  # Lightning's noise that is not the user's concern, for this run only
 def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     """Fit and test one run. Returns ``(metrics, objects)``; writes ``metrics.json``.
 

@@ -31,6 +31,9 @@ _WARNINGS: tuple[tuple[str, type[Warning]], ...] = (
     # torch 2.10 deprecated isinstance(spec, LeafSpec); Lightning 2.6's _pytree still builds one
     # (lightning/pytorch/utilities/_pytree.py), once per fit. Lightning's to fix, not the user's.
     (r"`isinstance\(treespec, LeafSpec\)` is deprecated", FutureWarning),
+    # ModelCheckpoint(every_n_train_steps) under manual optimization: the checkpoint holds the
+    # state after the step, which under K-step blocks is what automatic optimization saves too.
+    (r"Using ModelCheckpoint with manual optimization and every_n_train_steps", UserWarning),
 )
 
 # Info lines Lightning logs through ``lightning.pytorch.utilities.rank_zero`` on every run.
