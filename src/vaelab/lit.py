@@ -158,7 +158,7 @@ class GenerativeModule(FastHookNames, L.LightningModule):
 
     # -- setup ---------------------------------------------------------------------------------
     def setup(self, stage: str) -> None:
-        dm = self.trainer.datamodule if self._trainer is not None else None
+        dm = self.trainer.datamodule  # Lightning calls setup with the trainer attached
         if isinstance(dm, TensorImageDataModule):
             self.data_kind = dm.info.kind
         if self.data_kind is None:
