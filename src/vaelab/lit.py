@@ -23,6 +23,7 @@ import lightning as L
 import torch
 from torch import Tensor
 
+from vaelab.checkpoints import checkpoint_paths, non_finite_weights
 from vaelab.data.base import TensorImageDataModule
 from vaelab.data.loader import global_batch_index
 from vaelab.evaluation import (
@@ -290,8 +291,6 @@ class GenerativeModule(FastHookNames, L.LightningModule):
     def _stop(
         self, what: str, when: str = "before the optimizer step, so no weights changed"
     ) -> None:
-        from vaelab.checkpoints import checkpoint_paths
-
         kept = checkpoint_paths(self.trainer)["last"]
         last = f" The last good checkpoint is kept: {kept}." if kept else ""
         raise NonFiniteError(
@@ -359,11 +358,7 @@ class GenerativeModule(FastHookNames, L.LightningModule):
     # -- checkpoints ---------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # Runs before the file is written: raising here keeps the previous checkpoint intact.
-        bad = [
-            k
-            for k, v in checkpoint["state_dict"].items()
-            if v.is_floating_point() and not bool(torch.isfinite(v).all())
-        ]
+        bad = non_finite_weights(checkpoint["state_dict"])
         if bad:
             self._stop(
                 f"weights {', '.join(bad[:3])} are not finite",
