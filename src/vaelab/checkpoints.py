@@ -41,6 +41,8 @@ from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from vaelab.training import EXECUTION_KEYS
+
 log = logging.getLogger(__name__)
 
 #: The command-line opt-in named in every refusal.
@@ -271,14 +273,8 @@ RESUME_FREE = (
     "module.test_num_samples",
     "module.eval_seed",
     "module.active_units",
-    # How the steps run, not what they compute: a run trained with CUDA graphs on a GPU resumes
-    # without them (e.g. on a CPU, which refuses them), and the other way round.
-    "module.cuda_graph",
-    # Likewise K optimizer steps per Lightning batch: bitwise the same steps as K = 1
-    # (tests/integration/test_steps_per_batch.py), so a run of an older vaelab (K = 1) resumes
-    # under steps_per_batch: auto. A resume inside an epoch under another K is still refused,
-    # by the training loader (its position is counted in the checkpoint's blocks).
-    "module.steps_per_batch",
+    # How the steps run, not what they compute (vaelab.training.EXECUTION_KEYS).
+    *EXECUTION_KEYS,
 )
 
 

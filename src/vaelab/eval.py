@@ -31,6 +31,7 @@ from omegaconf import DictConfig
 from vaelab.checkpoints import AtomicCheckpointIO, load_run
 from vaelab.config import config_dir, register_resolvers
 from vaelab.tasks import TaskRecord, metrics_path, task_wrapper
+from vaelab.training import quiet_lightning
 from vaelab.utils import print_summary, to_float_dict
 
 log = logging.getLogger(__name__)
@@ -40,6 +41,7 @@ class NonFiniteResultError(FloatingPointError):
     """An evaluation produced a NaN or infinite figure."""
 
 
+@quiet_lightning()  # Lightning's noise that is not the user's concern, for this run only
 def evaluate(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     """Test the checkpoint ``cfg.ckpt_path``; returns ``(metrics, objects)``, writes metrics.json.
 

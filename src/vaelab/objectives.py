@@ -27,7 +27,6 @@ import torch
 from torch import Tensor, nn
 from torch.distributions import Distribution, kl_divergence
 
-from vaelab.graphs import tracing
 
 # Decoder rows per L_k chunk. On the CPU a chunk's (rows x 784) float32 temporaries must stay under
 # glibc's largest mmap threshold (32 MiB), or each chunk maps fresh pages and page-faults on every
@@ -178,8 +177,7 @@ class ELBOObjective(nn.Module):
         self.capacity_steps = int(capacity_steps)
         self.iwae_samples = int(iwae_samples)
         self.elbo_samples = int(elbo_samples)
-        # beta_t and C_t for torch.compile and CUDA graphs (vaelab.graphs.tracing): the
-        # compiled or captured forward reads them from these 0-d
+        # beta_t and C_t for torch.compile: the compiled forward reads them from these 0-d
         # tensors, not as Python numbers (which dynamo guards as constants: a recompile every
         # optimizer step of a schedule). Eager keeps the Python numbers, so no eager number
         # changes. Not persistent: checkpoints are as before; they follow the module's device.
@@ -220,7 +218,7 @@ class ELBOObjective(nn.Module):
 
     def forward(self, distortion: Tensor, rate: Tensor) -> Tensor:
         """Scalar loss from ``(B,)`` distortion and rate (nats)."""
-        compiling = tracing()  # torch.compile, or a CUDA graph being captured
+        compiling = torch.compiler.is_compiling()
         if self.capacity_max is not None:
             c = self._capacity_t if compiling else self.current_capacity()
             return distortion.mean() + self.capacity_gamma * (rate.mean() - c).abs()

@@ -39,6 +39,7 @@ from vaelab.extras import check_command_line
 from vaelab.lit import GenerativeModule
 from vaelab.loggers import continue_wandb_runs, finish_loggers, is_wandb_logger_config
 from vaelab.tasks import TaskRecord, task_wrapper
+from vaelab.training import quiet_lightning
 from vaelab.utils import print_summary, to_float_dict
 
 log = logging.getLogger(__name__)
@@ -152,6 +153,7 @@ def resolve_ckpt_path(cfg: DictConfig, run_config: dict[str, Any] | None = None)
     return str(path)
 
 
+@quiet_lightning()  # Lightning's noise that is not the user's concern, for this run only
 def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     """Fit and test one run. Returns ``(metrics, objects)``; writes ``metrics.json``.
 

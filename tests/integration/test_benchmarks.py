@@ -154,7 +154,7 @@ def test_a_variant_that_fails_is_reported_and_the_others_still_run(
     fake_mnist: Path, tmp_path: Path
 ) -> None:
     # On the GPU machine a compiled variant may fail (inductor needs a compiler there): the
-    # variants after it must still be measured. Here cuda_graph, refused on a CPU, fails.
+    # variants after it must still be measured. Here module.compile=gpu, refused, fails.
     for script, extra, fits in (
         # rounds of 6 steps need a K that divides 6 in every fit (auto would pick 20)
         (
@@ -170,7 +170,7 @@ def test_a_variant_that_fails_is_reported_and_the_others_still_run(
             [
                 *extra,
                 *("--batch-sizes", "20", "--data-dir", str(fake_mnist), "--json", str(out)),
-                *("--variant", "bad=module.cuda_graph=true"),
+                *("--variant", "bad=module.compile=gpu"),
                 *("--variant", "k2=module.steps_per_batch=2"),
                 *fits,
             ],
@@ -181,7 +181,8 @@ def test_a_variant_that_fails_is_reported_and_the_others_still_run(
         d = json.loads(out.read_text())
         assert d["complete"] is True
         assert (
-            list(d["errors"]) == ["batch 20, bad"] and "cuda_graph" in d["errors"]["batch 20, bad"]
+            list(d["errors"]) == ["batch 20, bad"]
+            and "compile must be" in d["errors"]["batch 20, bad"]
         )
         assert "k2" in d["batch"]["20"] and "bad" not in d["batch"]["20"], (script, d["batch"])
 

@@ -18,8 +18,9 @@ from lightning.pytorch.callbacks import Callback
 
 from tests.conftest import compose_train
 from tests.helpers.training import extra_callbacks
-from vaelab.lit import AUTO_STEPS_PER_BATCH, GenerativeModule, NonFiniteError
+from vaelab.lit import GenerativeModule, NonFiniteError
 from vaelab.train import train
+from vaelab.training import AUTO_STEPS_PER_BATCH
 
 # 500 training images (600 - 100 held out), batch 50: 10 optimizer steps an epoch; K = 3 gives
 # blocks of 3, 3, 3 and 1. No limit_train_batches: with K > 1 it would count blocks. K = 1 unless
@@ -53,11 +54,10 @@ def _run(tmp_path: Path, data: Path, name: str, extra: list[str]) -> tuple[dict,
         "global_step": objects["trainer"].global_step,
         "lr": [g["lr"] for g in objects["trainer"].optimizers[0].param_groups],
         "opt": objects["trainer"].optimizers[0].state_dict(),
-        "direct": objects["module"]._direct_steps,
+        "direct": getattr(objects["module"]._blocks, "direct", None),
         "automatic": objects["module"].automatic_optimization,
         "callbacks": objects["trainer"].callbacks,
         "compiled": objects["module"].train_forward is not objects["module"].model,
-        "graph": objects["module"].graph_summary,
         "k": objects["module"].steps_per_batch,
         "reason": objects["module"].auto_steps_reason,
     }

@@ -103,11 +103,12 @@ class ThroughputProgressBar(RichProgressBar):
         return items
 
     def _steps_per_batch(self) -> int:
-        """K of the module being trained (1 when not training, or for another module)."""
+        """K, the minibatches per training batch, as the training loader declares it
+        (``IndexBatchLoader.steps_per_batch``; 1 when not training, or for another loader)."""
         trainer = self._trainer
         if trainer is None or not trainer.training:
             return 1
-        return int(getattr(trainer.lightning_module, "steps_per_batch", 1) or 1)
+        return int(getattr(trainer.train_dataloader, "steps_per_batch", 1) or 1)
 
     @property
     def total_train_batches(self) -> int | float:

@@ -85,8 +85,9 @@ class ResumeState(L.Callback):
     """
 
     STATE_KEY = "ResumeState"
-    # Its batch-start hook restores the RNG once after a resume, as well before a K-step block
-    # (module.steps_per_batch) as before a single step.
+    # The one thing a callback declares about K-step blocks (vaelab.training.takes_step_blocks):
+    # its batch-start hook restores the RNG once after a resume, as well before a block as
+    # before a single step, so module.steps_per_batch=auto keeps its K for it.
     takes_step_blocks = True
 
     def __init__(self, job_num: int | None = None) -> None:

@@ -82,8 +82,7 @@ class TensorImageDataModule(L.LightningDataModule):
         self.eval_seed = int(eval_seed)
         self.on_device = bool(on_device)
         self.splits: dict[str, Tensor] = {}
-        # Minibatches per training item, set by GenerativeModule(steps_per_batch=K) in setup.
-        self.steps_per_batch = 1
+        self._steps_per_batch = 1  # minibatches per training item: use_step_blocks
         self._device_cache: dict[tuple[str, str], Tensor] = {}
 
     # -- subclasses ----------------------------------------------------------------------------
@@ -165,8 +164,16 @@ class TensorImageDataModule(L.LightningDataModule):
             rank=rank,
             world_size=world,
             epoch_fn=self._current_epoch if (train and self.trainer is not None) else None,
-            steps_per_batch=self.steps_per_batch if train else 1,
+            steps_per_batch=self._steps_per_batch if train else 1,
         )
+
+    def use_step_blocks(self, k: int) -> None:
+        """Hand out training data in blocks of ``k`` minibatches, ``(k, B, ...)`` (``k = 1``:
+        one minibatch ``(B, ...)``), from the next training loader on; the module's step plan
+        (``vaelab.training.policy``) calls it at each fit. See ``IndexBatchLoader``."""
+        if int(k) < 1:
+            raise ValueError(f"use_step_blocks needs k >= 1, got {k}")
+        self._steps_per_batch = int(k)
 
     def _current_epoch(self) -> int:
         return self.trainer.current_epoch if self.trainer is not None else 0

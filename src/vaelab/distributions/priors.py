@@ -9,8 +9,6 @@ from torch import Tensor, nn
 from torch.distributions import Independent, Normal, register_kl
 from torch.distributions.kl import _kl_independent_independent
 
-from vaelab.graphs import tracing
-
 _LOG_SQRT_2PI = math.log(math.sqrt(2 * math.pi))  # the constant Normal.log_prob subtracts
 
 
@@ -62,7 +60,7 @@ class StandardNormalPrior(nn.Module):
 
     def forward(self, batch_shape: torch.Size | tuple[int, ...] = ()) -> StandardNormal:
         shape, loc, scale = tuple(batch_shape), self.loc, self.scale
-        compiling = tracing()  # torch.compile, or a CUDA graph being captured
+        compiling = torch.compiler.is_compiling()
         c = self._cached  # (shape, loc, scale, versions, dist): reused while all are the same
         # Traced by torch.compile, building it costs nothing at run time, and the cache's
         # ``_version`` test cannot be traced (it broke the graph and forced a recompile).

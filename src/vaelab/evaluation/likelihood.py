@@ -12,9 +12,25 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from vaelab.models.base import GenerativeModel
+from vaelab.models.base import GenerativeModel, Terms
 from vaelab.objectives import full_precision
 from vaelab.units import bits_per_dim, has_bits_per_dim
+
+
+def term_figures(
+    terms: Terms, nll: Tensor | None, num_dims: int, data_kind: str
+) -> dict[str, Tensor]:
+    """The named per-image figures of one batch, ``{name: (B,)}`` in float32: the model's terms
+    (``elbo``, ``rate``, ``distortion``, ``rate/z1``, ...) and, when ``nll`` (``-log p(x)`` or a
+    bound on it, nats) is given, ``nll`` and ``bpd`` where the data kind has bits/dim. Training
+    rows (batch means, ``vaelab.lit``) and evaluation (:func:`batch_figures`) both come from here.
+    """
+    out = {name: v.detach().float() for name, v in terms.items().items()}
+    if nll is not None:
+        out["nll"] = nll
+        if has_bits_per_dim(data_kind):  # not defined for "unit" (x / 255) data
+            out["bpd"] = bits_per_dim(nll, num_dims, data_kind)
+    return out
 
 
 def batch_figures(
@@ -22,25 +38,21 @@ def batch_figures(
 ) -> dict[str, Tensor]:
     """Every per-image figure of one evaluation batch: ``{name: (B,)}``, at least float32.
 
-    The model's named terms (``elbo``, ``rate``, ``distortion``, ``rate/z1``, ...), ``loss`` (the
-    batch's loss, repeated), and ``nll`` / ``bpd``: the exact ``-log p(x)`` for a model with
-    ``exact_likelihood`` (from the same forward pass), ``-L_k`` with ``k = num_samples`` for a
-    latent-variable model (none when ``num_samples`` is 0); ``bpd`` where the data kind has one.
+    :func:`term_figures` of the model's terms, ``loss`` (the batch's loss, repeated), and
+    ``nll`` / ``bpd``: the exact ``-log p(x)`` for a model with ``exact_likelihood`` (from the
+    same forward pass), ``-L_k`` with ``k = num_samples`` for a latent-variable model (none when
+    ``num_samples`` is 0).
     """
     with full_precision(x.device):
         terms = model(x)
-        out = {name: v.detach().float() for name, v in terms.items().items()}
-        out["loss"] = terms.loss.detach().float().expand(x.shape[0])
         nll = None
         if model.exact_likelihood:
             nll = -terms.elbo.detach().float()  # a flow's forward computed the exact log p(x)
         elif num_samples > 0:
             nll = -model.log_likelihood(x, num_samples).detach().float()
-        if nll is not None:
-            out["nll"] = nll
-            if has_bits_per_dim(data_kind):  # not defined for "unit" (x / 255) data
-                out["bpd"] = bits_per_dim(nll, model.num_dims, data_kind)
+        out = term_figures(terms, nll, model.num_dims, data_kind)
+        out["loss"] = terms.loss.detach().float().expand(x.shape[0])
     return out
 
 
-__all__ = ["batch_figures"]
+__all__ = ["batch_figures", "term_figures"]
