@@ -27,7 +27,6 @@ import torch
 from torch import Tensor, nn
 from torch.distributions import Distribution, kl_divergence
 
-
 # Decoder rows per L_k chunk. On the CPU a chunk's (rows x 784) float32 temporaries must stay under
 # glibc's largest mmap threshold (32 MiB), or each chunk maps fresh pages and page-faults on every
 # touch: 4096 rows made L_5000 23 % faster than 32768 on this project's machine (7.5 million page
