@@ -1,9 +1,10 @@
-#!/usr/bin/env python
 """Gather a Hydra multirun's results into one table: each job's overrides and ``metrics.json``.
 
-    python scripts/collect_sweep.py logs/train/multiruns/2026-01-01_12-00-00
-    python scripts/collect_sweep.py <sweep dir> --metrics val/nll test/nll --sort test/nll
-    python scripts/collect_sweep.py <sweep dir> --mean-over seed      # mean and std over seeds
+    vaelab-collect logs/train/multiruns/2026-01-01_12-00-00
+    vaelab-collect <sweep dir> --metrics val/nll test/nll --sort test/nll
+    vaelab-collect <sweep dir> --mean-over seed      # mean and std over seeds
+
+(``python -m vaelab.collect`` is the same.)
 
 Each job folder (``<sweep dir>/<n>/``) holds ``.hydra/overrides.yaml`` (written by Hydra) and
 ``metrics.json`` (written by ``vaelab-train``). The columns are the overrides that differ between
@@ -165,8 +166,18 @@ def write_csv(path: Path, rows: Sequence[dict[str, Any]], first: Sequence[str]) 
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """``vaelab-collect``: print a sweep's table and write its CSV; 2 on a bad argument or folder.
+
+    Args:
+        argv: the command-line arguments (``sys.argv[1:]`` when None).
+
+    Returns:
+        The exit status.
+    """
     p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="vaelab-collect",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("sweep_dir", type=Path, help="a multirun folder: logs/<task>/multiruns/<time>")
     p.add_argument("--metrics", nargs="+", default=None, help="metrics to print (default: main)")
@@ -178,14 +189,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         rows, keys = collect(args.sweep_dir)
     except FileNotFoundError as err:
-        print(f"collect_sweep: {err}", file=sys.stderr)
+        print(f"vaelab-collect: {err}", file=sys.stderr)
         return 2
     metrics = args.metrics or [m for m in DEFAULT_METRICS if any(m in r for r in rows)]
     csv_path = args.csv or args.sweep_dir / "sweep.csv"
     if args.mean_over:
         unknown = [k for k in args.mean_over if k not in keys]
         if unknown:
-            print(f"collect_sweep: {unknown} are not swept keys ({keys})", file=sys.stderr)
+            print(f"vaelab-collect: {unknown} are not swept keys ({keys})", file=sys.stderr)
             return 2
         rows = mean_over(rows, keys, args.mean_over, metrics)
         keys = [k for k in keys if k not in args.mean_over] + ["n"]
