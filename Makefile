@@ -56,7 +56,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/epoch_speed.py $(ARGS)
 
 docs: $(STAMP)
-	$(BIN)/mkdocs build --strict
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
 
 clean:
 	rm -rf $(VENV) logs site .pytest_cache .ruff_cache
