@@ -1,4 +1,4 @@
-"""Sweeps as the README writes them, with tiny settings appended.
+"""Sweeps as docs/sweeps.md writes them, with tiny settings appended.
 
 Default suite: the Optuna search (2 trials) and the parallel local jobs (joblib, 4 jobs), each
 gathered with ``vaelab-collect``; a misspelt launcher or sweeper. ``-m slow``: the
