@@ -222,7 +222,7 @@ def main() -> None:
     p.add_argument("--train-images", type=int, default=55000)
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--data-dir", default=os.environ.get("VAELAB_DATA_DIR", "../shared/data"))
+    p.add_argument("--data-dir", default=os.environ.get("VAELAB_DATA_DIR", "data"))
     p.add_argument("--no-bare", action="store_true", help="skip the same-model bare loop")
     p.add_argument(
         "--variant",

@@ -133,7 +133,7 @@ def main() -> None:
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--precision", default="32-true", choices=sorted(PRECISIONS))
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--data-dir", default=os.environ.get("VAELAB_DATA_DIR", "../shared/data"))
+    p.add_argument("--data-dir", default=os.environ.get("VAELAB_DATA_DIR", "data"))
     p.add_argument(
         "--max-ratio", type=float, default=None, help="exit 1 if vaelab/bare exceeds this"
     )

@@ -1,4 +1,4 @@
-"""Seconds for L_5000 over the 10,000 MNIST test images (batch 500), as README "Speed" reports.
+"""Seconds for L_5000 over the 10,000 MNIST test images (batch 500), as docs/speed.md reports.
 
 The model is built from the config (untrained, seed 0: the cost does not depend on the weights), the
 test images are binarized once with seed 0, and the mean bound is printed with the timing, so two
@@ -8,7 +8,7 @@ source trees can be compared on the same numbers in one session:
     OMP_NUM_THREADS=2 python benchmarks/lk_speed.py hvae      # experiment=iwae_vae_2layer
     OMP_NUM_THREADS=2 PYTHONPATH=<other checkout>/src python benchmarks/lk_speed.py vae
 
-Real MNIST is read from $VAELAB_DATA_DIR, else ../shared/data (this project's machines); or pass
+Real MNIST is read from $VAELAB_DATA_DIR, else ./data (the checkout's data folder); or pass
 the folder as the second argument.
 """
 
@@ -26,7 +26,7 @@ from vaelab.config import config_dir
 from vaelab.data.mnist import read_mnist_images
 
 which = sys.argv[1]
-data_dir = sys.argv[2] if len(sys.argv) > 2 else os.environ.get("VAELAB_DATA_DIR", "../shared/data")
+data_dir = sys.argv[2] if len(sys.argv) > 2 else os.environ.get("VAELAB_DATA_DIR", "data")
 ov = ["model=vae"] if which == "vae" else ["experiment=iwae_vae_2layer"]
 with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
     cfg = compose(config_name="train", overrides=[*ov, f"paths.data_dir={data_dir}"])

@@ -1,5 +1,5 @@
 """Markdown tables from the JSON files that ``epoch_speed.py --json`` and
-``interleaved_speed.py --json`` write (for the README); one table per kind, in the order given.
+``interleaved_speed.py --json`` write (for docs/speed.md); one table per kind, in the order given.
 
     python benchmarks/speed_table.py logs/bench/vae1.json logs/bench/hvae1.json
     python benchmarks/speed_table.py logs/bench/il_vae2_a.json

@@ -35,7 +35,7 @@ def settle() -> None:
 def write_json(path: str | None, result: dict, complete: bool) -> None:
     """Write ``result`` (with ``"complete": complete``) to ``path`` whole or not at all: a
     benchmark writes after each arm or batch size it finishes, so a run stopped by a time limit
-    (``timeout`` in ``gpu_checks.sh``) keeps what it measured, and a kill during the write leaves
+    (e.g. under ``timeout``) keeps what it measured, and a kill during the write leaves
     the previous file (a temporary file renamed over it)."""
     if not path:
         return

@@ -21,8 +21,12 @@ torch.set_num_threads(1)
 
 
 def real_mnist_dir() -> Path | None:
-    """The real MNIST root (VAELAB_DATA_DIR, else ../shared/data), or None when absent."""
-    candidates = [os.environ.get("VAELAB_DATA_DIR"), str(REPO.parent / "shared" / "data")]
+    """The real MNIST root (VAELAB_DATA_DIR, ./data, else ../shared/data), or None when absent."""
+    candidates = [
+        os.environ.get("VAELAB_DATA_DIR"),
+        str(REPO / "data"),
+        str(REPO.parent / "shared" / "data"),
+    ]
     for c in candidates:
         if c and (Path(c) / "MNIST" / "raw" / "train-images-idx3-ubyte").is_file():
             return Path(c)

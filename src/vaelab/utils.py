@@ -71,7 +71,8 @@ def print_summary(title: str, metrics: Mapping[str, float], where: Mapping[str, 
     console = Console()
     console.print(table)
     for k, v in where.items():
-        console.print(f"[bold]{k}[/bold]: {v}")
+        # soft_wrap: a path is one line also when piped (rich's width is 80 columns then).
+        console.print(f"[bold]{k}[/bold]: {v}", soft_wrap=True)
 
 
 __all__ = ["print_summary", "to_float_dict", "write_metrics"]

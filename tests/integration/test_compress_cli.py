@@ -84,7 +84,7 @@ def test_compress_writes_file_and_metrics_and_decompress_restores(
     assert metrics["compress/bpd"] < metrics["compress/bpd_with_initial"]
     assert metrics["compress/bpd_with_initial"] < metrics["compress/file_bpd"]
     # The code length is the discretised model's -ELBO: near the model's own -ELBO (a tiny,
-    # barely trained model; the 1 % check on a real model is in the README's table).
+    # barely trained model; the 1 % check on a real model is in the README's results).
     assert metrics["compress/gap_percent"] == pytest.approx(0.0, abs=10.0)
     file = tmp_path / "test.vlbb"
     assert file.is_file()

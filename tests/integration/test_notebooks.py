@@ -122,7 +122,7 @@ def test_latent_space_trains_a_2d_vae_and_maps_it(
 def test_the_readme_command_with_a_relative_checkpoint_works(
     tmp_path: Path, data_dir: Path
 ) -> None:
-    # Issue 11. The README's `VAELAB_CHECKPOINT=logs/.../last.ckpt jupyter execute
+    # Issue 11. The docs' `VAELAB_CHECKPOINT=logs/.../last.ckpt jupyter execute
     # notebooks/02_latent_space.ipynb`, typed at the repository root: the kernel runs in
     # notebooks/, where the relative path used to be read from (and "did not exist").
     import os

@@ -139,7 +139,8 @@ def _summary(title: str, rows: list[tuple[str, float, str]], where: dict[str, st
     console = Console()
     console.print(table)
     for k, v in where.items():
-        console.print(f"[bold]{k}[/bold]: {v}")
+        # soft_wrap: a path is one line also when piped (rich's width is 80 columns then).
+        console.print(f"[bold]{k}[/bold]: {v}", soft_wrap=True)
 
 
 def settings_from(cfg: DictConfig) -> CoderSettings:

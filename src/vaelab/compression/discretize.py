@@ -111,7 +111,8 @@ def gaussian_counts(mu: Tensor, sigma: Tensor, buckets: Buckets, latent_prec: in
     ``latent_prec`` bits (a bucket far in the tails may get 0), then ``_to_coder_counts``.
 
     Args:
-        mu, sigma: ``(b, d)`` float64, ``d = buckets.dim``.
+        mu: ``(b, d)`` float64 means, ``d = buckets.dim``.
+        sigma: ``(b, d)`` float64 standard deviations.
 
     Returns:
         ``(prod(...) * d, n)`` int64 counts summing to 2**24, each >= 1, rows in the row-major

@@ -99,7 +99,8 @@ class CIFAR10DataModule(TensorImageDataModule):
         dequantize: ``(x + u)/256`` with u ~ U[0,1); if False, ``x / 255`` (then bits/dim is not a
             bound on a discrete likelihood).
         download: try torchvision's download when the files are missing.
-        (others: see ``TensorImageDataModule``)
+
+    The other arguments are ``TensorImageDataModule``'s.
     """
 
     shape = (3, 32, 32)

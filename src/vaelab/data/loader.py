@@ -31,7 +31,8 @@ class IndexBatchLoader:
         shuffle: reshuffle each epoch (seeded by ``seed`` and the epoch number).
         drop_last: drop a last incomplete batch (training); keep it for evaluation.
         seed: base seed for the order and for random transforms.
-        rank, world_size: this process's shard (strided, unpadded).
+        rank: this process's rank; its shard is strided and unpadded.
+        world_size: the number of processes.
         epoch_fn: returns the current epoch (so a resumed run keeps the epoch's order); if None
             the loader counts its own passes.
         steps_per_batch: K; training only. Each item is then K consecutive minibatches stacked,

@@ -182,7 +182,8 @@ class MNISTDataModule(TensorImageDataModule):
             fixed seeded u); if False, ``x / 255`` (then bits/dim is not a bound on a discrete
             likelihood).
         download: try torchvision's download when the files are missing.
-        (others: see ``TensorImageDataModule``)
+
+    The other arguments are ``TensorImageDataModule``'s.
     """
 
     shape = (1, 28, 28)

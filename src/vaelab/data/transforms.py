@@ -36,7 +36,7 @@ def dynamic_binarize(x: Tensor, g: torch.Generator) -> Tensor:
     The same distribution as ``torch.bernoulli(x / 255)`` (``x = 0`` never fires, ``x = 255``
     always does), drawn as one ``torch.rand`` and an in-place comparison: on a CPU that takes
     0.36-0.37x the time of ``torch.bernoulli`` (0.14 ms less at batch 20, of a ~3 ms optimizer
-    step; 0.65 ms less at batch 100; one thread, ``benchmarks/binarize_speed.py``). The
+    step; 0.65 ms less at batch 100; one thread, the two calls timed alternately). The
     draws differ from ``torch.bernoulli``'s for the same generator state, so a run's training
     noise differs from that of vaelab before this change; evaluation splits are still drawn with
     ``torch.bernoulli``, as every earlier run was evaluated on them.

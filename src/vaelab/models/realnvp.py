@@ -252,7 +252,10 @@ class RealNVP(FlowModel):
         norm: invertible normalization after each coupling: ``batch`` (running averages, the paper),
             ``act`` (ActNorm) or ``none``.
         bn_momentum: running-average momentum of the invertible batch norms.
-        alpha, logit_symmetric, weight_norm_l2, check_values: see ``FlowModel``.
+        alpha: see ``FlowModel``.
+        logit_symmetric: see ``FlowModel``.
+        weight_norm_l2: see ``FlowModel``.
+        check_values: see ``FlowModel``.
 
     Reference: Dinh, Sohl-Dickstein & Bengio (2016), Density estimation using Real NVP, sec. 3.6, 4.1.
     """
@@ -343,7 +346,10 @@ class RealNVPMLP(FlowModel):
         norm: ``act`` (default: per-feature batch statistics of flat images transfer badly to
             running averages), ``batch`` or ``none`` after each coupling.
         bn_momentum: running-average momentum of the invertible batch norms.
-        alpha, logit_symmetric, weight_norm_l2, check_values: see ``FlowModel``.
+        alpha: see ``FlowModel``.
+        logit_symmetric: see ``FlowModel``.
+        weight_norm_l2: see ``FlowModel``.
+        check_values: see ``FlowModel``.
 
     Reference: Dinh, Sohl-Dickstein & Bengio (2016), Density estimation using Real NVP.
     """
