@@ -209,6 +209,27 @@ def test_kill_midway_then_rerun_completes_without_rerunning_finished_rows(
     # a third sitting has nothing to run
     again = run_reproduce([*args, "dry_run=true"], tmp_path, fake_mnist)
     assert again.stdout.count("skipped: finished") == 3
+    assert "nothing to run" in again.stdout and "would launch" not in again.stdout
+
+
+def test_dry_run_prints_each_rows_job_and_the_command(tmp_path: Path, fake_mnist: Path) -> None:
+    """dry_run=true says what would run (each row's overrides, the multirun), and runs nothing."""
+    pytest.importorskip("constriction")
+    out = tmp_path / "out"
+    proc = run_reproduce(
+        ["table=bbans", "budget=smoke", f"out_dir={out}", "dry_run=true"], tmp_path, fake_mnist
+    )
+    lines = proc.stdout.splitlines()
+    train = next(ln for ln in lines if "row train would run vaelab.train" in ln)
+    assert "experiment=bbans_vae" in train and "trainer.max_epochs=2" in train
+    comp = next(ln for ln in lines if "row compress would run vaelab.compression.cli" in ln)
+    last = (out / "runs" / "train" / "checkpoints" / "last.ckpt").resolve()
+    assert f"ckpt_path={last}" in comp and "num_images=40" in comp
+    launches = [ln for ln in lines if "would launch" in ln]
+    assert len(launches) == 2
+    assert "-m vaelab.train --multirun" in launches[0] and "+reproduce_row=train" in launches[0]
+    assert "after the above" in launches[1] and "-m vaelab.compression.cli" in launches[1]
+    assert not (out / "runs").exists() and not (out / "reproduce.json").exists()
 
 
 GOOD = vae_row("good", 1)
