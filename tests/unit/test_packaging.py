@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
-import tomllib
 from pathlib import Path
+
+import tomllib
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_pyproject_lists_every_package_and_config_folder():
-    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    listed = set(
+        tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
+    )
     code = {
         ".".join(p.parent.relative_to(ROOT / "src").parts)
         for p in (ROOT / "src" / "vaelab").rglob("__init__.py")

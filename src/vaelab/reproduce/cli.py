@@ -69,6 +69,13 @@ def reproduce(argv: Sequence[str]) -> int:
     table = load_table(str(cfg.table))
     budget = table.budget(str(cfg.budget))
     rows = table.select(list(cfg.rows) if cfg.get("rows") else None)
+    seeds = table.seeds_for(budget, None if cfg.get("seeds") is None else int(cfg.seeds))
+    fixed = [o for o in passthrough if o.lstrip("+").split("=", 1)[0] == "seed"]
+    if seeds > 1 and fixed:
+        raise ReproduceError(
+            f"{fixed[0]} would give every one of the {seeds} seeds the same seed; drop it (the "
+            f"rows train with seeds 0..{seeds - 1}), or pass seeds=1"
+        )
     out_dir = Path(cfg.out_dir)
     data_dir = _data_dir(passthrough)
     env = [f"{k}={os.environ[k]}" for k in ("OMP_NUM_THREADS",) if k in os.environ]
@@ -78,7 +85,14 @@ def reproduce(argv: Sequence[str]) -> int:
     rc = 0
     if not cfg.report_only:
         plan = plan_table(
-            table, budget, rows, out_dir, passthrough, data_dir, retry_failed=cfg.retry_failed
+            table,
+            budget,
+            rows,
+            out_dir,
+            passthrough,
+            data_dir,
+            retry_failed=cfg.retry_failed,
+            seeds=seeds,
         )
         for rid, action in plan.actions.items():
             print(f"vaelab-reproduce: {table.name}/{budget.name} row {rid}: {action}", flush=True)

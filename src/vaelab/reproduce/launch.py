@@ -28,6 +28,7 @@ from vaelab.reproduce.rows import (
     link_checkpoints,
     read_json,
     row_config,
+    row_seeds,
     row_state,
 )
 from vaelab.reproduce.tables import Budget, ReproduceError, Row, Table
@@ -79,6 +80,7 @@ class Plan:
     to_run: list[RowState]
     actions: dict[str, str]
     data_dir: str | None = None
+    seeds: int = 1
 
 
 def plan_table(
@@ -90,8 +92,11 @@ def plan_table(
     data_dir: str | None,
     retry_failed: bool = False,
     write: bool = True,
+    seeds: int = 1,
 ) -> Plan:
-    """Decide per row: skip, resume, start, or refuse (config differs); write row configs.
+    """Decide per job (a row, or a row's seed when ``seeds`` > 1): skip, resume, start, or refuse
+    (config differs); write the jobs' configs. Each seed of a row is its own job, resumed or
+    skipped on its own: a finished seed is never run again.
 
     A ``checkpoint_of`` row starts with its training row's ``checkpoints/last.ckpt`` as
     ``ckpt_path``: at once where that row has finished ok, after it where it runs in this sitting
@@ -100,7 +105,7 @@ def plan_table(
     check_rows_exist(table, rows)
     runs = out_dir / "runs"
     conf_dir = out_dir / "conf"
-    states = [row_state(runs, r, data_dir) for r in rows]
+    states = [row_state(runs, r, data_dir, seed) for r in rows for seed in row_seeds(seeds)]
     link_checkpoints(table, states, runs, data_dir)
     actions: dict[str, str] = {}
     to_run: list[RowState] = []
@@ -115,11 +120,12 @@ def plan_table(
         elif st.failed and not st.interrupted and not retry_failed:
             action = "skipped: failed (retry_failed=true runs it again)"
         elif st.checkpoint is not None:
-            dep_runs = any(s.row.id == st.row.checkpoint_of for s in to_run)
+            dep_runs = any((s.row.id, s.seed) == (st.row.checkpoint_of, st.seed) for s in to_run)
             if not st.blocked:
                 action = f"start with {ckpt}"
             elif dep_runs:
-                action = f"start after row {st.row.checkpoint_of}, with {ckpt}, if it ends ok"
+                dep = st.row.checkpoint_of + ("" if st.seed is None else f" seed {st.seed}")
+                action = f"start after row {dep}, with {ckpt}, if it ends ok"
             else:
                 action = f"skipped: not run: {st.blocked}"
         elif st.last_ckpt is not None:
@@ -129,11 +135,11 @@ def plan_table(
             action = "start"
         if write:
             (conf_dir / ROW_GROUP).mkdir(parents=True, exist_ok=True)
-            (conf_dir / ROW_GROUP / f"{st.row.id}.yaml").write_text(
-                row_config(table, budget, st.row, ckpt)
+            (conf_dir / ROW_GROUP / f"{st.run_id}.yaml").write_text(
+                row_config(table, budget, st.row, ckpt, st.seed)
             )
         try:
-            cfg = compose_row(conf_dir.resolve(), st.row, passthrough)
+            cfg = compose_row(conf_dir.resolve(), st.row, passthrough, st.seed)
         except Exception as err:  # a bad override or experiment: name the row
             raise ReproduceError(
                 f"table {table.name}, row {st.row.id!r}: its config does not compose "
@@ -150,15 +156,15 @@ def plan_table(
             ]
             if st.differs:
                 refused.append(st)
-        actions[st.row.id] = action
+        actions[st.name] = action
         if not action.startswith("skipped"):
             to_run.append(st)
-    actions = {st.row.id: actions[st.row.id] for st in states}  # in the table's order
+    actions = {st.name: actions[st.name] for st in states}  # in the table's order
     to_run.sort(key=states.index)
     if refused:
         lines = []
         for st in refused:
-            lines.append(f"  row {st.row.id} ({st.dir}):")
+            lines.append(f"  row {st.name} ({st.dir}):")
             lines += [f"    {d}" for d in st.differs[:10]]
             if len(st.differs) > 10:
                 lines.append(f"    ... and {len(st.differs) - 10} more")
@@ -167,7 +173,7 @@ def plan_table(
             "than the table's:\n" + "\n".join(lines) + "\nRestore the table's settings, move those "
             "row folders away to run them afresh, or pass out_dir=<another folder>."
         )
-    return Plan(table, budget, out_dir, states, to_run, actions, data_dir)
+    return Plan(table, budget, out_dir, states, to_run, actions, data_dir, seeds)
 
 
 def multirun_command(plan: Plan, entry: str, ids: Sequence[str], passthrough: Sequence[str]):
@@ -182,7 +188,7 @@ def multirun_command(plan: Plan, entry: str, ids: Sequence[str], passthrough: Se
         f"hydra.searchpath=[file://{conf_dir}]",
         f"+{ROW_GROUP}={','.join(ids)}",
         f"hydra.sweep.dir={runs}",
-        "hydra.sweep.subdir=${reproduce.row}",
+        "hydra.sweep.subdir=${reproduce.dir}",
         *passthrough,
     ]
 
@@ -194,14 +200,20 @@ def describe_plan(plan: Plan, passthrough: Sequence[str]) -> list[str]:
         return ["nothing to run: every row is finished, failed or waiting (see above)"]
     out = []
     for st in plan.to_run:
-        ovs = [*plan.budget.overrides, *st.row.overrides_for(plan.budget.name)]
+        ovs = [
+            *plan.budget.overrides,
+            *st.row.overrides_for(plan.budget.name),
+            *st.row.protocol_overrides(),
+        ]
+        if st.seed is not None and st.row.checkpoint_of is None:
+            ovs.append(f"seed={st.seed}")
         if st.row.experiment:
             ovs.insert(0, f"experiment={st.row.experiment}")
         if st.checkpoint is not None:
             ovs.append(f"ckpt_path={st.checkpoint}")
         elif st.last_ckpt is not None:
             ovs.append(f"ckpt_path={st.last_ckpt.resolve()}")
-        out.append(f"row {st.row.id} would run {st.row.entry} in {st.dir}: {' '.join(ovs)}")
+        out.append(f"row {st.name} would run {st.row.entry} in {st.dir}: {' '.join(ovs)}")
     waiting = [st for st in plan.to_run if st.checkpoint is not None and st.blocked]
     for group, when in (
         ([st for st in plan.to_run if st not in waiting], ""),
@@ -209,7 +221,7 @@ def describe_plan(plan: Plan, passthrough: Sequence[str]) -> list[str]:
     ):
         by_entry: dict[str, list[str]] = {}
         for st in group:
-            by_entry.setdefault(st.row.entry, []).append(st.row.id)
+            by_entry.setdefault(st.row.entry, []).append(st.run_id)
         for entry, ids in by_entry.items():
             cmd = shlex.join(multirun_command(plan, entry, ids, passthrough))
             out.append(f"would launch{when}: {cmd}")
@@ -234,8 +246,8 @@ def run_plan(plan: Plan, passthrough: Sequence[str]) -> int:
     link_checkpoints(plan.table, waiting, runs, plan.data_dir)  # the training rows as they ended
     for st in waiting:
         if st.blocked:
-            plan.actions[st.row.id] = f"not launched: {st.blocked}"
-            print(f"vaelab-reproduce: row {st.row.id}: {plan.actions[st.row.id]}", flush=True)
+            plan.actions[st.name] = f"not launched: {st.blocked}"
+            print(f"vaelab-reproduce: row {st.name}: {plan.actions[st.name]}", flush=True)
             rc = max(rc, 1)
     ready = [st for st in waiting if not st.blocked]
     return max(rc, launch_rows(plan, ready, passthrough, commit, versions))
@@ -251,7 +263,7 @@ def launch_rows(
     """Record a sitting in each row's ``reproduce_row.json`` and run one multirun per entry."""
     by_entry: dict[str, list[str]] = {}
     for st in states:
-        by_entry.setdefault(st.row.entry, []).append(st.row.id)
+        by_entry.setdefault(st.row.entry, []).append(st.run_id)
     rc = 0
     for st in states:  # provenance of every sitting of every row
         st.dir.mkdir(parents=True, exist_ok=True)
@@ -260,7 +272,7 @@ def launch_rows(
         prov["sittings"].append(
             {
                 "started": _now(),
-                "action": plan.actions[st.row.id],
+                "action": plan.actions[st.name],
                 "git_commit": commit,
                 "versions": versions,
                 "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),

@@ -12,6 +12,13 @@ from omegaconf import DictConfig, OmegaConf
 from vaelab.config import config_dir
 
 TABLE_KINDS = ("table", "curves", "rate_distortion")
+# A training row's data protocol: ``held_out`` (vaelab's default: ``data.val_size`` training images
+# held out for validation) or ``full`` (every training image, no held-out split, validation off:
+# the protocol of papers that train on all 60,000 MNIST images). Never the test set.
+DATA_PROTOCOLS = {
+    "held_out": (),
+    "full": ("data.val_size=0", "callbacks.model_checkpoint.monitor=null"),
+}
 
 
 class ReproduceError(ValueError):
@@ -43,6 +50,7 @@ class Budget:
     overrides: tuple[str, ...]
     about: str
     eval: str
+    seeds: int | None = None  # training seeds per row at this budget (None: the table's)
 
 
 @dataclass(frozen=True)
@@ -63,6 +71,11 @@ class Row:
     # run folder>/checkpoints/last.ckpt), e.g. a compression row; it runs after that row, and only
     # once that row has finished ok.
     checkpoint_of: str | None = None
+    data: str = "held_out"  # the row's data protocol, a key of DATA_PROTOCOLS
+
+    def protocol_overrides(self) -> tuple[str, ...]:
+        """The overrides of the row's data protocol (training rows only)."""
+        return DATA_PROTOCOLS[self.data] if self.entry == "vaelab.train" else ()
 
     def overrides_for(self, budget: str) -> tuple[str, ...]:
         return (*self.overrides, *self.budget_overrides.get(budget, ()))
@@ -85,6 +98,15 @@ class Table:
     checks: tuple[Mapping[str, Any], ...]
     path: Path
     raw: Mapping[str, Any] = field(repr=False, default_factory=dict)
+    seeds: int = 1  # training seeds per row (a budget's ``seeds`` or seeds=N override it)
+
+    def seeds_for(self, budget: Budget, asked: int | None = None) -> int:
+        """How many seeds each row trains with: ``asked`` (seeds=N), else the budget's, else the
+        table's default."""
+        n = asked if asked is not None else budget.seeds if budget.seeds is not None else self.seeds
+        if int(n) < 1:
+            raise ReproduceError(f"seeds must be at least 1, got {n} (e.g. seeds=3)")
+        return int(n)
 
     def budget(self, name: str) -> Budget:
         if name not in self.budgets:
@@ -157,6 +179,7 @@ def load_table(name: str) -> Table:
             overrides=_strs(b.get("overrides")),
             about=str(b.get("about", "")).strip(),
             eval=str(b.get("eval", "")).strip(),
+            seeds=None if b.get("seeds") is None else int(b["seeds"]),
         )
     default_metrics = _strs(raw.get("metric"))
     rows = []
@@ -185,8 +208,22 @@ def load_table(name: str) -> Table:
                 requires=_strs(r.get("requires")),
                 x=None if r.get("x") is None else float(r["x"]),
                 checkpoint_of=None if r.get("checkpoint_of") is None else str(r["checkpoint_of"]),
+                data=str(r.get("data", raw.get("data", "held_out"))),
             )
         )
+        row = rows[-1]
+        if row.data not in DATA_PROTOCOLS:
+            raise ReproduceError(
+                f"{path}: row {rid!r}: data must be one of {', '.join(DATA_PROTOCOLS)}, "
+                f"got {row.data!r}"
+            )
+        protocol_keys = {o.split("=", 1)[0] for o in row.protocol_overrides()}
+        for ov in (*row.overrides, *(o for v in row.budget_overrides.values() for o in v)):
+            if ov.split("=", 1)[0].lstrip("+") in protocol_keys:
+                raise ReproduceError(
+                    f"{path}: row {rid!r}: {ov} contradicts its data protocol {row.data!r} "
+                    f"({' '.join(row.protocol_overrides())}); drop it, or set data: held_out"
+                )
     ids = [r.id for r in rows]
     dup = sorted({i for i in ids if ids.count(i) > 1})
     if dup:
@@ -217,4 +254,5 @@ def load_table(name: str) -> Table:
         checks=tuple(raw.get("checks") or ()),
         path=path,
         raw=raw,
+        seeds=int(raw.get("seeds", 1)),
     )
