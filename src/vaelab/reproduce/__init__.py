@@ -26,9 +26,20 @@ existing run was made with a config that differs from the table's. A row with ``
 last.ckpt``, runs after that row's multirun, and only if that row ended ``ok``; otherwise it is
 reported as ``not run: ...`` and never launched.
 
+Seeds are a dimension of the table: ``seeds=N`` (or a table's or budget's ``seeds:``, e.g.
+``table=bbans budget=cpu`` trains 5) runs each row with ``seed=0..N-1``, each seed its own job in
+``runs/<row>/seed<i>/`` (all pending jobs of an entry point in one multirun; each finished seed is
+skipped on a re-run, an interrupted one resumed). A cell is then the mean over seeds ± the
+standard error over seeds (stdev with ddof=1, / sqrt(n)), with the test-image s.e. and each seed's
+value beside it; "reproduced?" allows the tolerance plus 2 s.e. over seeds, and ordering checks say
+whether each step clears 2 s.e. of the difference. A row's ``data: full`` trains on every training
+image with no held-out split and no validation (``data.val_size=0``), the papers' protocol where
+they do (``bbans``); the report's "Data" line says which protocol each row used.
+
 The package, one job a module: ``tables`` (the YAML schema, and the one Hydra compose helper),
 ``rows`` (generated row configs, a row's run on disk), ``launch`` (plan, provenance, multiruns),
-``formatting``, ``report`` (cells, report.md/.csv/.json), ``checks``, ``plots``, ``readme`` (the
+``seeds`` (a row's runs over seeds: mean, s.e. over seeds), ``formatting``, ``cells`` (ours beside
+theirs, CSV and Markdown), ``checks``, ``plots``, ``report`` (report.md/.csv/.json), ``readme`` (the
 README's generated results) and ``cli`` (``vaelab-reproduce``).
 """
 
@@ -36,6 +47,7 @@ from __future__ import annotations
 
 import subprocess  # noqa: F401  (tests stand in for the jobs by patching subprocess.call)
 
+from vaelab.reproduce.cells import ReportLine, report_lines, reproduced_cell
 from vaelab.reproduce.checks import run_checks
 from vaelab.reproduce.cli import main, own_config, reproduce
 from vaelab.reproduce.formatting import digits_for, fmt, run_config, wall
@@ -53,7 +65,7 @@ from vaelab.reproduce.launch import (
 )
 from vaelab.reproduce.plots import plot_curves, plot_rate_distortion, read_curves
 from vaelab.reproduce.readme import README_END, README_START, readme_section, write_readme
-from vaelab.reproduce.report import ReportLine, build_report, report_lines, reproduced_cell
+from vaelab.reproduce.report import build_report, protocol_line
 from vaelab.reproduce.rows import (
     ROW_GROUP,
     RUN_ONLY_KEYS,
@@ -65,7 +77,9 @@ from vaelab.reproduce.rows import (
     row_state,
     table_differences,
 )
+from vaelab.reproduce.seeds import RowResult, SeedStats, row_results, standard_error
 from vaelab.reproduce.tables import (
+    DATA_PROTOCOLS,
     Budget,
     ReproduceError,
     Row,
@@ -76,6 +90,7 @@ from vaelab.reproduce.tables import (
 )
 
 __all__ = [
+    "DATA_PROTOCOLS",
     "README_END",
     "README_START",
     "ROW_GROUP",
@@ -85,7 +100,9 @@ __all__ = [
     "ReportLine",
     "ReproduceError",
     "Row",
+    "RowResult",
     "RowState",
+    "SeedStats",
     "Table",
     "build_report",
     "busy_seconds",
@@ -106,6 +123,7 @@ __all__ = [
     "plan_table",
     "plot_curves",
     "plot_rate_distortion",
+    "protocol_line",
     "read_curves",
     "readme_section",
     "record_sitting",
@@ -113,10 +131,12 @@ __all__ = [
     "reproduce",
     "reproduced_cell",
     "row_config",
+    "row_results",
     "row_state",
     "run_checks",
     "run_config",
     "run_plan",
+    "standard_error",
     "table_differences",
     "table_names",
     "wall",

@@ -129,6 +129,7 @@ def reproduce(argv: Sequence[str]) -> int:
         report_dir,
         f"vaelab-reproduce table={table.name} budget={budget.name}"
         + (f" rows=[{','.join(r.id for r in rows)}]" if cfg.get("rows") else ""),
+        seeds=seeds,
     )
     print(text)
     print(f"vaelab-reproduce: report in {report_dir or out_dir}/report.md, report.csv")

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import csv
 import math
+import statistics
 from collections.abc import Sequence
 from pathlib import Path
 
 from vaelab.reproduce.formatting import _num, run_config
 from vaelab.reproduce.rows import RowState
+from vaelab.reproduce.seeds import RowResult, standard_error
 from vaelab.reproduce.tables import Budget, Table
 
 
@@ -60,8 +62,23 @@ def read_curves(st: RowState) -> dict[str, list[tuple[float, float]]]:
     return out
 
 
+def mean_curves(result: RowResult) -> dict[str, list[tuple[float, float, float | None]]]:
+    """``{metric: [(samples seen, mean over seeds, s.e. over seeds or None), ...]}``: the curves of
+    a row's runs that finished or have a checkpoint, averaged point by point (one run: its own)."""
+    runs = [s for s in result.states if s.status == "ok" or s.last_ckpt is not None]
+    points: dict[str, dict[float, list[float]]] = {}
+    for st in runs:
+        for key, pts in read_curves(st).items():
+            for x, v in pts:
+                points.setdefault(key, {}).setdefault(x, []).append(v)
+    return {
+        key: [(x, statistics.fmean(vs), standard_error(vs)) for x, vs in sorted(by_x.items())]
+        for key, by_x in points.items()
+    }
+
+
 def plot_curves(
-    table: Table, states: Sequence[RowState], path: Path, budget: Budget
+    table: Table, results: Sequence[RowResult], path: Path, budget: Budget
 ) -> Path | None:
     import matplotlib
 
@@ -71,30 +88,49 @@ def plot_curves(
     fig, ax = plt.subplots(figsize=(7, 4.5))
     cmap = plt.get_cmap("tab10")
     drawn = 0
-    ok = [s for s in states if s.status == "ok" or s.last_ckpt is not None]
-    for i, st in enumerate(ok):
-        c = read_curves(st)
+    seeded = any(r.seeded for r in results)
+    values = []
+    for i, res in enumerate(results):
+        c = mean_curves(res)
         color = cmap(i % 10)
         for key, style, name in (("train/elbo", "-", "train"), ("val/elbo", "--", "held-out")):
             pts = c.get(key, [])
-            if pts:
-                ax.plot(*zip(*pts), style, color=color, label=f"{st.row.label} ({name})")
-                drawn += 1
-        test = _num((st.metrics or {}).get("test/elbo"))
-        if test is not None and c.get("val/elbo"):
-            ax.plot([c["val/elbo"][-1][0]], [test], "o", color=color)
+            if not pts:
+                continue
+            xs, ys, ses = zip(*pts)
+            label = f"{res.row.label} ({name})"
+            if seeded:
+                ax.errorbar(
+                    xs,
+                    ys,
+                    yerr=[s or 0 for s in ses],
+                    fmt=style,
+                    color=color,
+                    label=label,
+                    capsize=2,
+                    elinewidth=0.8,
+                )
+            else:
+                ax.plot(xs, ys, style, color=color, label=label)
+            values += [y for y in ys]
+            drawn += 1
+        test = res.stats("test/elbo") if res.ok else None
+        if test is not None and test.mean is not None and c.get("val/elbo"):
+            x = c["val/elbo"][-1][0]
+            ax.errorbar([x], [test.mean], yerr=[test.seed_se or 0], fmt="o", color=color, capsize=2)
     if not drawn:
         plt.close(fig)
         return None
     ax.set_xscale("log")
     ax.set_xlabel("training samples seen")
     ax.set_ylabel("lower bound per datapoint (nats)")
+    n = max((len(r.ok) for r in results), default=1)
     ax.set_title(
         f"{table.name} (budget {budget.name}): lower bound per datapoint\n"
-        "solid: train, dashed: held-out (10,000 training images), dot: test at the end",
+        "solid: train, dashed: held-out (10,000 training images), dot: test at the end"
+        + (f"\nmean over {n} seeds, error bars ± 1 s.e. over seeds" if seeded else ""),
         fontsize=10,
     )
-    values = [v for s in ok for k, c in read_curves(s).items() if k.endswith("/elbo") for _, v in c]
     ax.set_ylim(max(min(values) - 5, -260), max(values) + 5)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=7, ncol=2)
@@ -105,21 +141,25 @@ def plot_curves(
 
 
 def plot_rate_distortion(
-    table: Table, states: Sequence[RowState], path: Path, budget: Budget
+    table: Table, results: Sequence[RowResult], path: Path, budget: Budget
 ) -> Path | None:
+    """Each row at its test (R, D); error bars ± 1 s.e. (over seeds when the rows have seeds,
+    else over test images)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     pts = []
-    for st in states:
-        m = st.metrics or {}
-        r, d = _num(m.get("test/rate")), _num(m.get("test/distortion"))
-        if st.status == "ok" and r is not None and d is not None:
-            pts.append(
-                (st.row, r, d, _num(m.get("test/rate_se")), _num(m.get("test/distortion_se")))
-            )
+    seeded = any(r.seeded for r in results)
+    for res in results:
+        if not res.ok or (not res.seeded and res.status != "ok"):
+            continue
+        r, d = res.stats("test/rate"), res.stats("test/distortion")
+        if r.mean is None or d.mean is None:
+            continue
+        se_r, se_d = (r.seed_se, d.seed_se) if res.seeded else (r.image_se, d.image_se)
+        pts.append((res.row, r.mean, d.mean, se_r, se_d))
     if not pts:
         return None
     fig, ax = plt.subplots(figsize=(6, 5))
@@ -147,7 +187,12 @@ def plot_rate_distortion(
     ax.set_ylabel("distortion D = -E log p(x|z)  (nats)")
     ax.set_title(
         f"{table.name} (budget {budget.name}): test rate vs distortion\n"
-        "grey: R + D = -ELBO = const, every 20 nats",
+        "grey: R + D = -ELBO = const, every 20 nats"
+        + (
+            f"; mean over {max(len(r.ok) for r in results)} seeds ± 1 s.e. over seeds"
+            if seeded
+            else "; ± 1 s.e. over test images"
+        ),
         fontsize=10,
     )
     ax.legend(loc="upper right", fontsize=8)

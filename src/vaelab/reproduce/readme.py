@@ -36,6 +36,8 @@ def readme_section(reports_root: Path) -> str:
                 ours = "—" if not r["ours"] else fmt(float(r["ours"]), d)
                 if r["ours"]:
                     ours += f" ± {fmt(float(r['se']), d)}" if r["se"] else " (s.e. missing)"
+                if r["ours"] and r.get("per_seed"):  # a mean over seeds ± the s.e. over seeds
+                    ours += f" ({r['seeds']} seeds)"
                 pub = "—" if not r["published"] else fmt(float(r["published"]), d)
                 run = "—"
                 if r["epochs"]:
@@ -52,6 +54,16 @@ def readme_section(reports_root: Path) -> str:
             f"Budget **{meta['budget']}**" + (f": {meta['about']}." if meta.get("about") else "."),
             "",
             *([f"Evaluation: {meta['eval']}.", ""] if meta.get("eval") else []),
+            *([f"Data: {meta['data']}.", ""] if meta.get("data") else []),
+            *(
+                [
+                    f"Seeds: {meta['seeds']} a row; ours = mean over seeds ± s.e. over seeds "
+                    "(stdev, ddof=1, / sqrt(n)).",
+                    "",
+                ]
+                if (meta.get("seeds") or 1) > 1
+                else []
+            ),
             f"Command: {commands}. Report of {meta['written']}, table wall time "
             f"{wall(meta.get('wall_seconds'))}, code {', '.join(meta.get('commits', [])) or '—'}. "
             f"[Full report]({(folder / 'report.md').as_posix()}).",

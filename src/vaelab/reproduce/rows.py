@@ -198,9 +198,11 @@ def table_differences(table: Table, budget: Budget, st: RowState) -> list[str]:
         )
     groups = _groups(Path(config_dir()))
     asked: dict[str, str] = {}  # a key set twice (row, then the row's budget): the last one counts
-    for ov in (*budget.overrides, *st.row.overrides_for(budget.name)):
+    for ov in (*budget.overrides, *st.row.overrides_for(budget.name), *st.row.protocol_overrides()):
         key, value = ov.split("=", 1)
         asked[key.lstrip("+")] = value
+    if st.seed is not None and st.row.checkpoint_of is None:
+        asked["seed"] = str(st.seed)
     for key, value in asked.items():
         if "." not in key and key in groups:
             if choices.get(key) != value:
