@@ -561,17 +561,19 @@ def test_seeds_cells_are_means_over_seeds_and_a_killed_table_reruns_only_unfinis
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
-    finished = {s: runs / "a" / f"seed{s}" / "metrics.json" for s in (0, 1)}
-    before = {s: (p.read_bytes(), p.stat().st_mtime_ns) for s, p in finished.items()}
+    # seed by seed: row a's seed 0 has finished, row b's seed 0 is half-way, seed 1 not begun
+    finished = runs / "a" / "seed0" / "metrics.json"
+    before = (finished.read_bytes(), finished.stat().st_mtime_ns)
     assert not (runs / "b" / "seed0" / "metrics.json").exists()
+    assert not (runs / "a" / "seed1" / "metrics.json").exists()
 
     rerun = run_reproduce(args, tmp_path, fake_mnist)
     assert "row a seed 0: skipped: finished" in rerun.stdout
-    assert "row a seed 1: skipped: finished" in rerun.stdout
     assert f"row b seed 0: resume from {b0_ckpt.resolve()}" in rerun.stdout
-    assert "row b seed 1: start" in rerun.stdout
-    assert "+reproduce_row=b__seed0,b__seed1 " in rerun.stdout  # one multirun, unfinished only
-    assert {s: (p.read_bytes(), p.stat().st_mtime_ns) for s, p in finished.items()} == before
+    assert "row a seed 1: start" in rerun.stdout and "row b seed 1: start" in rerun.stdout
+    # one multirun of the unfinished jobs only, seed by seed
+    assert "+reproduce_row=b__seed0,a__seed1,b__seed1 " in rerun.stdout
+    assert (finished.read_bytes(), finished.stat().st_mtime_ns) == before
 
     lines = {ln["row"]: ln for ln in read_csv(out / "report.csv")}
     report = json.loads((out / "report.json").read_text())

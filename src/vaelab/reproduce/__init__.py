@@ -5,6 +5,8 @@
     vaelab-reproduce table=beta_rd budget=cpu hydra/launcher=parallel   # launchers apply
     vaelab-reproduce table=iwae_table1 budget=full hydra/launcher=slurm trainer=gpu
     vaelab-reproduce table=iwae_table1 budget=cpu report_only=true      # rebuild the report
+    vaelab-reproduce table=bbans budget=cpu seeds=5                  # 5 training seeds a row
+    vaelab-reproduce table=bbans budget=cpu dry_run=true             # what would run
     vaelab-reproduce readme=README.md                        # README results from committed reports
     vaelab-reproduce --help
 

@@ -26,7 +26,8 @@ from vaelab.reproduce.report import build_report
 from vaelab.reproduce.tables import ReproduceError, compose_config, load_table, table_names
 
 USAGE = """usage: vaelab-reproduce table=<table> budget=<budget> [rows=[id,...]] [report_only=true]
-                        [retry_failed=true] [out_dir=DIR] [report_dir=DIR] [dry_run=true]
+                        [seeds=N] [retry_failed=true] [out_dir=DIR] [report_dir=DIR]
+                        [dry_run=true]
                         [any vaelab-train override or launcher: hydra/launcher=parallel ...]
        vaelab-reproduce readme=README.md [reports=reports]
 tables: {tables}

@@ -105,7 +105,9 @@ def plan_table(
     check_rows_exist(table, rows)
     runs = out_dir / "runs"
     conf_dir = out_dir / "conf"
-    states = [row_state(runs, r, data_dir, seed) for r in rows for seed in row_seeds(seeds)]
+    # seed by seed: every row's seed 0 runs before any row's seed 1, so a table stopped part-way
+    # has whole seeds (every row, comparable) rather than some rows with every seed
+    states = [row_state(runs, r, data_dir, seed) for seed in row_seeds(seeds) for r in rows]
     link_checkpoints(table, states, runs, data_dir)
     actions: dict[str, str] = {}
     to_run: list[RowState] = []
