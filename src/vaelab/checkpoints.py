@@ -29,7 +29,7 @@ import re
 import secrets
 import socket
 import zipfile
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -289,15 +289,29 @@ def _flatten(node: Any, prefix: str) -> Iterator[tuple[str, Any]]:
 
 
 def config_differences(
-    saved: Mapping[str, Any], current: Mapping[str, Any]
+    saved: Mapping[str, Any],
+    current: Mapping[str, Any],
+    keys: Sequence[str] | None = RESUME_KEYS,
+    free: Sequence[str] = RESUME_FREE,
 ) -> list[tuple[str, Any, Any]]:
-    """``[(key, saved value, current value)]`` over :data:`RESUME_KEYS`, minus :data:`RESUME_FREE`."""
+    """``[(dotted key, saved value, current value)]`` where two plain config dicts differ.
+
+    Args:
+        saved: the config a run was made with (e.g. a checkpoint's, or its ``.hydra/config.yaml``).
+        current: the config asked for now.
+        keys: the top-level keys compared (default :data:`RESUME_KEYS`, what a resume must keep);
+            ``None`` compares every key of either config.
+        free: dotted keys (and everything under them) that may differ (default
+            :data:`RESUME_FREE`). A key absent on one side reads as ``None`` there.
+    """
     missing = object()
-    a = dict(_flatten({k: saved.get(k) for k in RESUME_KEYS}, ""))
-    b = dict(_flatten({k: current.get(k) for k in RESUME_KEYS}, ""))
+    if keys is None:
+        keys = sorted(set(saved) | set(current))
+    a = dict(_flatten({k: saved.get(k) for k in keys}, ""))
+    b = dict(_flatten({k: current.get(k) for k in keys}, ""))
     out = []
     for key in sorted(set(a) | set(b)):
-        if any(key == f or key.startswith(f + ".") for f in RESUME_FREE):
+        if any(key == f or key.startswith(f + ".") for f in free):
             continue
         va, vb = a.get(key, missing), b.get(key, missing)
         if va != vb:

@@ -31,6 +31,29 @@ def config_dir() -> str:
     )
 
 
+#: Folders of ``conf/`` that are not config groups of vaelab-train / vaelab-eval: ``reproduce/``
+#: holds vaelab-reproduce's tables (read by ``vaelab.reproduce``, never composed by those apps).
+NOT_GROUPS = ("hydra", "reproduce")
+
+
+def config_groups() -> str:
+    """``group: option, ...`` lines for ``vaelab-train --help``, one per config group of
+    :func:`config_dir` (nested groups as ``a/b``), leaving out :data:`NOT_GROUPS`.
+
+    Stands in for Hydra's ``$APP_CONFIG_GROUPS``, which lists every folder of the search path,
+    ``reproduce/`` (vaelab-reproduce's tables) included. Groups added with ``--config-dir`` are
+    not listed here (``--info defaults`` shows them).
+    """
+    root = Path(config_dir())
+    lines = []
+    for folder in sorted(p for p in root.rglob("*") if p.is_dir()):
+        group = folder.relative_to(root).as_posix()
+        options = sorted(f.stem for f in folder.glob("*.yaml"))
+        if options and group.split("/")[0] not in NOT_GROUPS:
+            lines.append(f"{group}: {', '.join(options)}")
+    return "\n".join(lines)
+
+
 def unique_tag() -> str:
     """``<pid>-<4 random hex digits>``: unique among processes started in the same second on one
     machine (the pid), and across machines sharing a log folder (the random part)."""
@@ -38,7 +61,8 @@ def unique_tag() -> str:
 
 
 def register_resolvers() -> None:
-    """``${vaelab.iwae_epochs:N}``, ``${vaelab.prod:LIST}``, ``${vaelab.unique:}`` (idempotent).
+    """``${vaelab.iwae_epochs:N}``, ``${vaelab.prod:LIST}``, ``${vaelab.unique:}`` and
+    ``${vaelab.config_groups:}`` (the help's list of groups) (idempotent).
 
     ``vaelab.unique`` is cached per config, like Hydra's ``now``: a run's folder name, once
     resolved, stays the same for the whole run.
@@ -47,6 +71,7 @@ def register_resolvers() -> None:
         "vaelab.iwae_epochs": (lambda n: iwae_epochs(int(n)), False),
         "vaelab.prod": (lambda xs: math.prod(int(x) for x in xs), False),
         "vaelab.unique": (unique_tag, True),
+        "vaelab.config_groups": (config_groups, False),
     }
     for name, (fn, cache) in resolvers.items():
         if not OmegaConf.has_resolver(name):

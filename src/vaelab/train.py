@@ -153,6 +153,34 @@ def resolve_ckpt_path(cfg: DictConfig, run_config: dict[str, Any] | None = None)
     return str(path)
 
 
+def check_validation_requests(cfg: DictConfig, datamodule: Any) -> None:
+    """Refuse a run that asks to validate while its data has no validation split.
+
+    ``data.val_size=0`` trains on every training image and turns validation off (never onto the
+    test set). What would then wait for a validation figure that never comes is an error here,
+    before training: a callback monitoring ``val/*`` (the default best checkpoint monitors
+    ``val/nll``) or an explicit ``trainer.val_check_interval``.
+    """
+    if getattr(datamodule, "val_size", None) != 0:
+        return
+    asks = []
+    for name, cb in (cfg.get("callbacks") or {}).items():
+        monitor = cb.get("monitor") if isinstance(cb, DictConfig) else None
+        if isinstance(monitor, str) and monitor.startswith("val/"):
+            asks.append(f"callbacks.{name}.monitor={monitor}")
+    if (cfg.get("trainer") or {}).get("val_check_interval") is not None:
+        asks.append(f"trainer.val_check_interval={cfg.trainer.val_check_interval}")
+    if asks:
+        raise ValueError(
+            "data.val_size=0 trains on every training image with no validation data, but "
+            + ", ".join(asks)
+            + " asks for validation. Drop that, e.g. callbacks.model_checkpoint.monitor=null "
+            "(the final epoch's checkpoint is kept and tested), or hold images out with "
+            "data.val_size=5000: vaelab-train experiment=bbans_vae data.val_size=0 "
+            "callbacks.model_checkpoint.monitor=null"
+        )
+
+
 @quiet_lightning()  # Lightning's noise that is not the user's concern, for this run only
 def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     """Fit and test one run. Returns ``(metrics, objects)``; writes ``metrics.json``.
@@ -224,6 +252,7 @@ def fit_and_test(
     trainer: L.Trainer = objects["trainer"]
     module: GenerativeModule = objects["module"]
     datamodule = objects["datamodule"]
+    check_validation_requests(cfg, datamodule)
     module.run_config = run_config  # saved in every checkpoint, so vaelab-eval can rebuild it
     for lg in objects["loggers"]:
         lg.log_hyperparams(run_config)

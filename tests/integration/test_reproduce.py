@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tests.helpers.workflow import cli_env
 from vaelab import reproduce as rp
@@ -209,6 +210,27 @@ def test_kill_midway_then_rerun_completes_without_rerunning_finished_rows(
     # a third sitting has nothing to run
     again = run_reproduce([*args, "dry_run=true"], tmp_path, fake_mnist)
     assert again.stdout.count("skipped: finished") == 3
+    assert "nothing to run" in again.stdout and "would launch" not in again.stdout
+
+
+def test_dry_run_prints_each_rows_job_and_the_command(tmp_path: Path, fake_mnist: Path) -> None:
+    """dry_run=true says what would run (each row's overrides, the multirun), and runs nothing."""
+    pytest.importorskip("constriction")
+    out = tmp_path / "out"
+    proc = run_reproduce(
+        ["table=bbans", "budget=smoke", f"out_dir={out}", "dry_run=true"], tmp_path, fake_mnist
+    )
+    lines = proc.stdout.splitlines()
+    train = next(ln for ln in lines if "row train would run vaelab.train" in ln)
+    assert "experiment=bbans_vae" in train and "trainer.max_epochs=2" in train
+    comp = next(ln for ln in lines if "row compress would run vaelab.compression.cli" in ln)
+    last = (out / "runs" / "train" / "checkpoints" / "last.ckpt").resolve()
+    assert f"ckpt_path={last}" in comp and "num_images=40" in comp
+    launches = [ln for ln in lines if "would launch" in ln]
+    assert len(launches) == 2
+    assert "-m vaelab.train --multirun" in launches[0] and "+reproduce_row=train" in launches[0]
+    assert "after the above" in launches[1] and "-m vaelab.compression.cli" in launches[1]
+    assert not (out / "runs").exists() and not (out / "reproduce.json").exists()
 
 
 GOOD = vae_row("good", 1)
@@ -505,3 +527,149 @@ def test_checkpoint_of_row_listed_first_still_runs_after_its_training_row(
     assert (
         f"ckpt_path: {(out / 'runs' / 'train' / 'checkpoints' / 'last.ckpt').resolve()}" in row_cfg
     )
+
+
+# -- seeds as a table dimension, and the full-data protocol -------------------------------------------
+def test_seeds_cells_are_means_over_seeds_and_a_killed_table_reruns_only_unfinished_seeds(
+    tmp_path: Path, fake_mnist: Path
+) -> None:
+    """seeds=2: each row runs two jobs (seed 0 and 1); killed mid-way, a re-run skips the finished
+    seeds; every cell is the mean of its seeds' metrics.json and its s.e. their stdev/sqrt(n)."""
+    import statistics
+
+    path = write_table(tmp_path / "seeded.yaml", [vae_row("a", 1), vae_row("b", 12)])
+    doc = __import__("yaml").safe_load(path.read_text())
+    doc["checks"] = [{"type": "monotone", "metric": "test/nll", "order": "decreasing"}]
+    path.write_text(__import__("yaml").safe_dump(doc))
+    out = tmp_path / "out"
+    args = [f"table={path}", "budget=smoke", f"out_dir={out}", "seeds=2"]
+    proc = subprocess.Popen(
+        [str(BIN / "vaelab-reproduce"), *args, f"paths.data_dir={fake_mnist}", *CPU],
+        env=cli_env(tmp_path),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    runs = out / "runs"
+    b0_ckpt = runs / "b" / "seed0" / "checkpoints" / "last.ckpt"
+    deadline = time.time() + 300
+    try:
+        while not b0_ckpt.is_file():
+            assert proc.poll() is None, "the table finished before it could be killed"
+            assert time.time() < deadline, "timed out waiting for row b seed 0 to checkpoint"
+            time.sleep(0.05)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    # seed by seed: row a's seed 0 has finished, row b's seed 0 is half-way, seed 1 not begun
+    finished = runs / "a" / "seed0" / "metrics.json"
+    before = (finished.read_bytes(), finished.stat().st_mtime_ns)
+    assert not (runs / "b" / "seed0" / "metrics.json").exists()
+    assert not (runs / "a" / "seed1" / "metrics.json").exists()
+
+    rerun = run_reproduce(args, tmp_path, fake_mnist)
+    assert "row a seed 0: skipped: finished" in rerun.stdout
+    assert f"row b seed 0: resume from {b0_ckpt.resolve()}" in rerun.stdout
+    assert "row a seed 1: start" in rerun.stdout and "row b seed 1: start" in rerun.stdout
+    # one multirun of the unfinished jobs only, seed by seed
+    assert "+reproduce_row=b__seed0,a__seed1,b__seed1 " in rerun.stdout
+    assert (finished.read_bytes(), finished.stat().st_mtime_ns) == before
+
+    lines = {ln["row"]: ln for ln in read_csv(out / "report.csv")}
+    report = json.loads((out / "report.json").read_text())
+    md = (out / "report.md").read_text()
+    for rid in ("a", "b"):
+        ms = [json.loads((runs / rid / f"seed{s}" / "metrics.json").read_text()) for s in (0, 1)]
+        assert [m["status"] for m in ms] == ["ok", "ok"]
+        cfgs = [(runs / rid / f"seed{s}" / ".hydra" / "config.yaml").read_text() for s in (0, 1)]
+        assert "seed: 0\n" in cfgs[0] and "seed: 1\n" in cfgs[1]
+        vals = [m["test/nll"] for m in ms]
+        assert vals[0] != vals[1]  # two seeds, two models
+        line = lines[rid]
+        assert float(line["ours"]) == statistics.fmean(vals)
+        assert float(line["se"]) == pytest.approx(statistics.stdev(vals) / 2**0.5, rel=1e-12)
+        assert line["seeds"] == "2" and line["se_over"] == "seeds (ddof=1)"
+        assert json.loads(line["per_seed"]) == {"0": vals[0], "1": vals[1]}
+        image_se = statistics.fmean(m["test/nll_se"] for m in ms)
+        assert float(line["image_se"]) == pytest.approx(image_se, rel=1e-12)
+        cell = next(c for c in report["cells"] if c["row"] == rid)
+        assert cell["per_seed"] == {"0": vals[0], "1": vals[1]} and cell["seeds"] == 2
+        assert f"{statistics.fmean(vals):.2f} ± {float(line['se']):.2f}" in md
+    assert report["seeds"] == 2 and "- Seeds: 2 a row" in md
+    # the ordering check says whether each step clears 2 s.e. of the difference
+    check = next(c for c in report["checks"] if "test/nll" in c)
+    a, b = (float(lines[r]["ours"]) for r in ("a", "b"))
+    se = (float(lines["a"]["se"]) ** 2 + float(lines["b"]["se"]) ** 2) ** 0.5
+    word = "clears" if abs(b - a) > 2 * se else "within"
+    assert f"a -> b {b - a:+.2f} ± {se:.2f} ({word} 2 s.e.)" in check
+    # a third sitting has nothing to run; a fixed seed with seeds=2 is refused
+    again = run_reproduce([*args, "dry_run=true"], tmp_path, fake_mnist)
+    assert again.stdout.count("skipped: finished") == 4
+    refused = run_reproduce([*args, "seed=3"], tmp_path, fake_mnist, check=False)
+    assert refused.returncode == 2 and "seed=3 would give every one" in refused.stderr
+
+
+def test_seed_standard_error_is_stdev_ddof1_over_sqrt_n() -> None:
+    import statistics
+
+    vals = [0.1951, 0.1948, 0.1957, 0.1949, 0.1950]
+    assert rp.standard_error(vals) == pytest.approx(statistics.stdev(vals) / 5**0.5)
+    assert rp.standard_error([1.0]) is None
+
+
+def test_full_data_row_trains_on_every_image_and_never_validates(bbans_smoke) -> None:
+    """table=bbans (data: full): no images held out, no validation at all (so never on the test
+    set), the final epoch's checkpoint tested; the report's protocol line says so."""
+    _, out, _, _ = bbans_smoke
+    run = out / "runs" / "train"
+    cfg = yaml.safe_load((run / ".hydra" / "config.yaml").read_text())
+    assert cfg["data"]["val_size"] == 0
+    assert cfg["callbacks"]["model_checkpoint"]["monitor"] is None
+    m = json.loads((run / "metrics.json").read_text())
+    assert not [k for k in m if k.startswith("val/")]
+    with next(run.glob("csv/**/metrics.csv")).open() as f:
+        assert not [c for c in csv.DictReader(f).fieldnames or [] if c.startswith("val/")]
+    assert Path(m["best_checkpoint"]).name == f"best-epoch{m['epochs'] - 1:03d}.ckpt"
+    assert "- Data: **full** (the paper's): every training image" in (out / "report.md").read_text()
+
+
+def test_val_size_zero_keeps_every_training_image(fake_mnist: Path) -> None:
+    from vaelab.data import MNISTDataModule
+
+    dm = MNISTDataModule(data_dir=str(fake_mnist), val_size=0, download=False, on_device=False)
+    dm.setup()
+    assert dm.splits["train"].shape[0] == 600 and dm.splits["val"].shape[0] == 0
+    assert dm.val_dataloader() == []
+    held = MNISTDataModule(data_dir=str(fake_mnist), val_size=50, download=False, on_device=False)
+    held.setup()
+    assert held.splits["train"].shape[0] == 550
+
+
+def test_validation_asked_for_without_validation_data_is_an_error(
+    tmp_path: Path, fake_mnist: Path
+) -> None:
+    from tests.conftest import compose_train
+    from vaelab.data import MNISTDataModule
+    from vaelab.train import check_validation_requests
+
+    dm = MNISTDataModule(data_dir=str(fake_mnist), val_size=0, download=False)
+    cfg = compose_train(["data.val_size=0"], tmp_path, fake_mnist)
+    with pytest.raises(ValueError, match=r"callbacks.model_checkpoint.monitor=val/nll asks"):
+        check_validation_requests(cfg, dm)
+    ok = compose_train(["data.val_size=0", "callbacks.model_checkpoint.monitor=null"], tmp_path)
+    check_validation_requests(ok, dm)  # nothing asks for validation
+    interval = compose_train(
+        [
+            "data.val_size=0",
+            "callbacks.model_checkpoint.monitor=null",
+            "+trainer.val_check_interval=2",
+        ],
+        tmp_path,
+    )
+    with pytest.raises(ValueError, match=r"trainer.val_check_interval=2"):
+        check_validation_requests(interval, dm)
+    # a table cannot undo its row's full-data protocol
+    path = tmp_path / "bad.yaml"
+    write_table(path, [{**vae_row("r", 1, "data.val_size=10"), "data": "full"}])
+    with pytest.raises(rp.ReproduceError, match=r"data.val_size=10 contradicts its data protocol"):
+        rp.load_table(str(path))

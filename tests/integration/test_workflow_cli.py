@@ -27,6 +27,8 @@ def test_help_lists_the_config_groups_and_examples(tmp_path: Path) -> None:
     assert "rich_progress_bar" in groups["callbacks"]
     assert "parallel" in groups["hydra/launcher"] and "slurm" in groups["hydra/launcher"]
     assert "optuna" in groups["hydra/sweeper"]
+    # conf/reproduce/ holds vaelab-reproduce's tables: no group of vaelab-train
+    assert "reproduce" not in groups and "iwae_table1" not in out
     for example in ("vaelab-train logger=wandb", "--cfg job", "hparams_search=vae_optuna"):
         assert example in out
     assert not (tmp_path / "logs").exists()  # --help runs nothing
