@@ -30,7 +30,7 @@ PACKAGE = SRC / "vaelab"
 
 #: Top first. Each entry is a module or a package prefix (``vaelab.models`` covers its modules).
 LAYERS: list[tuple[str, ...]] = [
-    ("vaelab.train", "vaelab.eval", "vaelab.compression.cli", "vaelab.reproduce"),
+    ("vaelab.train", "vaelab.eval", "vaelab.compression.cli", "vaelab.reproduce", "vaelab.collect"),
     ("vaelab.tasks",),
     ("vaelab.utils", "vaelab.compression"),
     ("vaelab.callbacks", "vaelab.viz", "vaelab.loggers", "vaelab.distributed"),
