@@ -9,3 +9,7 @@ __all__ = ["VAE", "GenerativeModel", "HierarchicalVAE", "Terms"]
 from vaelab.models.realnvp import FlowModel, RealNVP, RealNVPMLP
 
 __all__ += ["FlowModel", "RealNVP", "RealNVPMLP"]
+
+from vaelab.models.vdm import VDM
+
+__all__ += ["VDM"]
