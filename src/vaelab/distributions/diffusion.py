@@ -22,7 +22,8 @@ import torch
 from torch import Tensor
 from torch.distributions import Bernoulli, Categorical, Independent
 
-from vaelab.distributions.likelihoods import IndependentBernoulli
+from vaelab.distributions.likelihoods import at_least_float32
+
 
 #: the decoders by name, and the data kind each one models (``vaelab.evaluation.units``)
 DECODER_KINDS = {"binary": "binary", "discretized": "dequantized"}
@@ -54,13 +55,14 @@ def z0_decoder(
         A distribution whose ``log_prob(k)`` is ``(B,)`` nats, ``k`` the pixel values
         (``{0, 1}`` or ``{0..255}``).
     """
-    z0 = z0.float()
+    z0 = at_least_float32(z0)
     if decoder == "binary":
-        logits = 2.0 * alpha0 * z0 / sigma0**2  # (B, C, H, W)
-        return IndependentBernoulli(
-            Bernoulli(logits=logits, validate_args=False), event_dims, validate_args=False
-        )
-    c = candidate_values(decoder, z0.device)  # (K,)
+        logits = 2.0 * alpha0 * z0 / sigma0**2  # (B, C, H, W); up to ~1e6 at sigma_0 ~ 1e-3
+        # torch's Bernoulli.log_prob (binary_cross_entropy_with_logits) is exact at such logits;
+        # IndependentBernoulli's evaluation path (x l - softplus(l), summed) cancels 1e8-sized
+        # sums in float32 and gave negative -log p.
+        return Independent(Bernoulli(logits=logits, validate_args=False), event_dims)
+    c = candidate_values(decoder, z0.device).to(z0.dtype)  # (K,)
     logits = -0.5 * ((z0[..., None] - alpha0 * c) / sigma0) ** 2  # (B, C, H, W, K)
     return Independent(Categorical(logits=logits, validate_args=False), event_dims)
 

@@ -54,6 +54,10 @@ from vaelab.distributions.diffusion import DECODER_KINDS, z0_decoder
 from vaelab.models.base import GenerativeModel, Terms
 
 
+def _floating(x: Tensor) -> Tensor:
+    return x if x.is_floating_point() else x.float()
+
+
 # -- noise schedules ---------------------------------------------------------------------------
 class NoiseSchedule(nn.Module):
     """``gamma(t) = -log SNR(t)``, increasing on ``[0, 1]``, from ``gamma_0`` to ``gamma_1``.
@@ -100,14 +104,18 @@ class NoiseSchedule(nn.Module):
         g0, g1 = self.endpoints()
         return g0 + (g1 - g0) * self.shape(t)
 
+    def shape_derivative(self, t: Tensor) -> Tensor:  # pragma: no cover - abstract
+        """``d shape / dt``, same shape as ``t``."""
+        raise NotImplementedError
+
     def with_derivative(self, t: Tensor) -> tuple[Tensor, Tensor]:
-        """``(gamma(t), gamma'(t))``; differentiable in the parameters where grad is on."""
-        graph = torch.is_grad_enabled()
-        with torch.enable_grad():
-            tt = t.detach().requires_grad_(True)
-            g = self(tt)
-            (dg,) = torch.autograd.grad(g.sum(), tt, create_graph=graph)
-        return (g, dg) if graph else (g.detach(), dg.detach())
+        """``(gamma(t), gamma'(t))``, both differentiable in the parameters.
+
+        The derivative is written out, not taken by autograd, so it works under
+        ``torch.inference_mode`` (Lightning's evaluation) and costs one more small pass.
+        """
+        g0, g1 = self.endpoints()
+        return g0 + (g1 - g0) * self.shape(t), (g1 - g0) * self.shape_derivative(t)
 
 
 class LinearSchedule(NoiseSchedule):
@@ -116,9 +124,8 @@ class LinearSchedule(NoiseSchedule):
     def shape(self, t: Tensor) -> Tensor:
         return t
 
-    def with_derivative(self, t: Tensor) -> tuple[Tensor, Tensor]:
-        g0, g1 = self.endpoints()
-        return g0 + (g1 - g0) * t, (g1 - g0).expand_as(t)
+    def shape_derivative(self, t: Tensor) -> Tensor:
+        return torch.ones_like(t)
 
 
 class MonotoneLinear(nn.Linear):
@@ -136,7 +143,8 @@ class LearnedSchedule(NoiseSchedule):
     network learns the interior only. Initialised near linear.
 
     Args:
-        hidden: width ``n`` of the sigmoid layer (paper: 1024).
+        hidden: width ``n`` of the sigmoid layer (paper: 1024); 0: no sigmoid layer, the
+            linear schedule (the paper's fixed baseline when the endpoints are fixed too).
         gamma_min, gamma_max, learn_endpoints: as ``NoiseSchedule``.
     """
 
@@ -149,9 +157,12 @@ class LearnedSchedule(NoiseSchedule):
     ) -> None:
         super().__init__(gamma_min, gamma_max, learn_endpoints)
         self.hidden = int(hidden)
+        if self.hidden < 0:
+            raise ValueError(f"model.schedule.hidden must be >= 0, got {hidden}")
         self.l1 = MonotoneLinear(1, 1)
-        self.l2 = MonotoneLinear(1, self.hidden)
-        self.l3 = MonotoneLinear(self.hidden, 1, bias=False)
+        if self.hidden > 0:
+            self.l2 = MonotoneLinear(1, self.hidden)
+            self.l3 = MonotoneLinear(self.hidden, 1, bias=False)
         with torch.no_grad():
             self.l1.weight.fill_(1.0)
             self.l1.bias.zero_()
@@ -159,12 +170,28 @@ class LearnedSchedule(NoiseSchedule):
     def _g(self, t: Tensor) -> Tensor:
         u = t.reshape(-1, 1)  # (N, 1)
         h = self.l1(u)
+        if self.hidden == 0:
+            return h.reshape(t.shape)
         h = h + self.l3(2.0 * (torch.sigmoid(self.l2(2.0 * (u - 0.5))) - 0.5)) / self.hidden
         return h.reshape(t.shape)
+
+    def _dg(self, t: Tensor) -> Tensor:
+        """``g'(t)``: ``|w1| + (1/n) sum_j |w3_j| 4 |w2_j| phi'(...)``, ``phi' = phi (1 - phi)``."""
+        u = t.reshape(-1, 1)  # (N, 1)
+        d = self.l1.weight.abs().reshape(()).expand(u.shape[0])  # (N,)
+        if self.hidden > 0:
+            w2 = self.l2.weight.abs().reshape(1, -1)  # (1, n)
+            p = torch.sigmoid(self.l2(2.0 * (u - 0.5)))  # (N, n)
+            d = d + (4.0 * p * (1 - p) * w2) @ self.l3.weight.abs().reshape(-1) / self.hidden
+        return d.reshape(t.shape)
 
     def shape(self, t: Tensor) -> Tensor:
         ends = self._g(torch.tensor([0.0, 1.0], device=t.device, dtype=t.dtype))
         return (self._g(t) - ends[0]) / (ends[1] - ends[0])
+
+    def shape_derivative(self, t: Tensor) -> Tensor:
+        ends = self._g(torch.tensor([0.0, 1.0], device=t.device, dtype=t.dtype))
+        return self._dg(t) / (ends[1] - ends[0])
 
 
 # -- the model ---------------------------------------------------------------------------------
@@ -245,13 +272,13 @@ class VDM(GenerativeModel):
                     )
                 self._values_checked = True
             return x
-        return torch.floor(x.float() * 256.0).clamp(0, 255)
+        return torch.floor(_floating(x) * 256.0).clamp(0, 255)
 
     def scale(self, k: Tensor) -> Tensor:
         """Values to the model's space ``[-1, 1]``."""
         if self.decoder == "binary":
-            return 2.0 * k.float() - 1.0
-        return 2.0 * (k.float() + 0.5) / 256.0 - 1.0
+            return 2.0 * _floating(k) - 1.0
+        return 2.0 * (_floating(k) + 0.5) / 256.0 - 1.0
 
     def unscale(self, x: Tensor) -> Tensor:
         """Model space back to data units (``[0, 1]``), for pictures."""
@@ -321,17 +348,19 @@ class VDM(GenerativeModel):
         err = (eps - self.eps_hat(z, gamma)).float().pow(2).flatten(1).sum(1)  # (B,)
         return weight * err
 
-    def low_discrepancy_times(self, n: int, device: torch.device) -> Tensor:
+    def low_discrepancy_times(
+        self, n: int, device: torch.device, dtype: torch.dtype = torch.float32
+    ) -> Tensor:
         """``t_b = (u + b / n) mod 1``, ``u ~ U[0, 1)``: ``(n,)``, each marginally uniform."""
-        u = torch.rand((), device=device)
-        return torch.remainder(u + torch.arange(n, device=device) / n, 1.0)
+        u = torch.rand((), device=device, dtype=dtype)
+        return torch.remainder(u + torch.arange(n, device=device, dtype=dtype) / n, 1.0)
 
     def elbo_terms(self, x_data: Tensor, t: Tensor | None = None) -> dict[str, Tensor]:
         """``{prior, reconstruction, diffusion}``: ``(B,)`` nats each (the negative ELBO's parts)."""
         k = self.to_values(x_data)
         x = self.scale(k)  # (B, C, H, W) in [-1, 1]
         if t is None:
-            t = self.low_discrepancy_times(x.shape[0], x.device)
+            t = self.low_discrepancy_times(x.shape[0], x.device, x.dtype)
         return {
             "prior": self.prior_loss(x),
             "reconstruction": self.reconstruction_loss(k, x),
@@ -359,7 +388,7 @@ class VDM(GenerativeModel):
             raise ValueError(f"num_samples must be >= 1, got {num_samples}")
         k = self.to_values(x)
         xs = self.scale(k)
-        u = torch.rand(x.shape[0], device=x.device)
+        u = torch.rand(x.shape[0], device=x.device, dtype=xs.dtype)
         total = self.prior_loss(xs)
         rest = torch.zeros_like(total)
         for j in range(num_samples):
@@ -386,14 +415,14 @@ class VDM(GenerativeModel):
         ``c = -expm1(gamma_s - gamma_t)``: ``q(z_s | z_t, x = x_hat)``.
         """
         steps = int(steps or self.timesteps or self.sample_steps)
-        dev = self.device
-        z = torch.randn(n, *self.data_shape, device=dev)
+        dev, dtype = self.device, self.schedule.gamma_0.dtype
+        z = torch.randn(n, *self.data_shape, device=dev, dtype=dtype)
         keep = set()
         if frames > 0:
             keep = {int(round(i)) for i in torch.linspace(steps, 1, frames).tolist()}
         trajectory = []
         for i in range(steps, 0, -1):
-            ts = torch.tensor([(i - 1) / steps, i / steps], device=dev)
+            ts = torch.tensor([(i - 1) / steps, i / steps], device=dev, dtype=dtype)
             g_s, g_t = self.schedule(ts).unbind()
             a_s, s_s = self.alpha_sigma(g_s)
             a_t, s_t = self.alpha_sigma(g_t)

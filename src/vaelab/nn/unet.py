@@ -68,36 +68,37 @@ class ResBlock(nn.Module):
 class UNet(nn.Module):
     """A small U-Net ``eps_hat(z, t)`` for 28x28 or 32x32 images.
 
-    ``channels[i]`` feature maps at resolution ``H / 2^i`` (28 -> 14 -> 7 for two downsamplings
-    with ``channels`` of length 3), ``num_res_blocks`` residual blocks per resolution on the way
+    ``widths[i]`` feature maps at resolution ``H / 2^i`` (28 -> 14 -> 7 for two downsamplings,
+    ``widths`` of length 3), ``num_res_blocks`` residual blocks per resolution on the way
     down and one more (reading the skip connection) on the way up, one block in the middle.
 
     Args:
-        in_shape: ``(C, H, W)``; ``H`` and ``W`` divisible by ``2^(len(channels) - 1)``.
-        channels: feature maps per resolution, e.g. ``[32, 64, 64]``.
+        in_shape: ``(C, H, W)``; ``H`` and ``W`` divisible by ``2^(len(widths) - 1)``.
+        widths: feature maps per resolution, e.g. ``[32, 64, 64]`` (named as ``NoiseMLP``'s
+            hidden widths, so a config can swap one network for the other by delta).
         num_res_blocks: residual blocks per resolution (down path).
-        emb_dim: width of the time embedding (default ``4 * channels[0]``).
+        emb_dim: width of the time embedding (default ``4 * widths[0]``).
         dropout: dropout inside the residual blocks.
     """
 
     def __init__(
         self,
         in_shape: Sequence[int],
-        channels: Sequence[int] = (32, 64, 64),
+        widths: Sequence[int] = (32, 64, 64),
         num_res_blocks: int = 1,
         emb_dim: int | None = None,
         dropout: float = 0.0,
     ) -> None:
         super().__init__()
         c, h, w = (int(s) for s in in_shape)
-        channels = [int(ch) for ch in channels]
+        channels = [int(ch) for ch in widths]
         if not channels or num_res_blocks < 1:
-            raise ValueError("UNet: channels must be non-empty and num_res_blocks >= 1")
+            raise ValueError("UNet: widths must be non-empty and num_res_blocks >= 1")
         f = 2 ** (len(channels) - 1)
         if h % f or w % f:
             raise ValueError(
-                f"UNet: image size {h}x{w} is not divisible by 2^(len(channels) - 1) = {f}; "
-                "use fewer entries in channels (e.g. model.net.channels=[32,64,64] for 28x28)"
+                f"UNet: image size {h}x{w} is not divisible by 2^(len(widths) - 1) = {f}; "
+                "use fewer entries in widths (e.g. model.net.widths=[32,64,64] for 28x28)"
             )
         self.in_shape = (c, h, w)
         ch0 = channels[0]
@@ -166,7 +167,7 @@ class NoiseMLP(nn.Module):
 
     Args:
         in_shape: ``(C, H, W)``.
-        hidden: widths of the hidden layers.
+        widths: widths of the hidden layers.
         emb_dim: width of the sinusoidal time embedding (even).
         activation: activation name (``vaelab.nn.make_activation``).
     """
@@ -174,7 +175,7 @@ class NoiseMLP(nn.Module):
     def __init__(
         self,
         in_shape: Sequence[int],
-        hidden: Sequence[int] = (512, 512),
+        widths: Sequence[int] = (512, 512),
         emb_dim: int = 32,
         activation: str = "silu",
     ) -> None:
@@ -184,7 +185,7 @@ class NoiseMLP(nn.Module):
         self.emb_dim = int(emb_dim) + int(emb_dim) % 2
         layers: list[nn.Module] = []
         width = d + self.emb_dim
-        for hdim in hidden:
+        for hdim in widths:
             layers += [nn.Linear(width, int(hdim)), make_activation(activation)]
             width = int(hdim)
         out = nn.Linear(width, d)
