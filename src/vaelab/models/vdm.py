@@ -209,6 +209,9 @@ class VDM(GenerativeModel):
             number of steps ``T`` of the discrete-time model.
         sample_steps: ancestral sampling steps of the continuous-time model (the discrete-time
             model samples with its own ``T`` steps).
+        prediction: ``eps`` (the network predicts the noise, the paper's) or
+            ``binary_posterior`` (binary data: the network corrects the independent-pixel
+            posterior mean; see ``eps_hat``).
     """
 
     def __init__(
@@ -219,6 +222,7 @@ class VDM(GenerativeModel):
         decoder: str = "binary",
         timesteps: int | None = None,
         sample_steps: int = 200,
+        prediction: str = "eps",
     ) -> None:
         super().__init__()
         self.data_shape = tuple(int(s) for s in data_shape)
@@ -234,6 +238,14 @@ class VDM(GenerativeModel):
                 f"model.timesteps={timesteps!r}; use a positive int T for the discrete-time "
                 "model or null (or 0) for continuous time, e.g. model.timesteps=1000"
             )
+        if prediction not in ("eps", "binary_posterior") or (
+            prediction == "binary_posterior" and decoder != "binary"
+        ):
+            raise ValueError(
+                f"model.prediction={prediction!r}; choose eps, or binary_posterior with "
+                "model.decoder=binary"
+            )
+        self.prediction = prediction
         if int(sample_steps) < 1:
             raise ValueError(f"model.sample_steps must be >= 1, got {sample_steps}")
         self.net = net
@@ -248,15 +260,17 @@ class VDM(GenerativeModel):
         from vaelab.evaluation.units import check_kind
 
         want = DECODER_KINDS[self.decoder]
-        if check_kind(data_kind) != want:
+        kind = check_kind(data_kind)
+        if kind != want:
             fix = {
-                "binary": "model.decoder=binary with data=binarized_mnist",
-                "dequantized": "model.decoder=discretized with data=mnist (or data=cifar10)",
-            }
+                "binary": "for binary data use model.decoder=binary with data=binarized_mnist",
+                "dequantized": "for 8-bit data use model.decoder=discretized with data=mnist "
+                "(or data=cifar10)",
+                "unit": "'unit' data (x / 255) has no discrete likelihood here: use "
+                "data.dequantize=true with model.decoder=discretized",
+            }[kind]
             raise ValueError(
-                f"VDM with decoder={self.decoder!r} models {want!r} data, not {data_kind!r}. "
-                f"Use {fix[want]}; 'unit' data (x / 255) has no discrete likelihood here, "
-                "use data.dequantize=true."
+                f"VDM with decoder={self.decoder!r} models {want!r} data, not {kind!r}: {fix}"
             )
 
     def to_values(self, x: Tensor) -> Tensor:
@@ -304,8 +318,21 @@ class VDM(GenerativeModel):
         return (gamma - s.gamma_min) / (s.gamma_max - s.gamma_min)
 
     def eps_hat(self, z: Tensor, gamma: Tensor) -> Tensor:
-        """``(B, C, H, W)`` predicted noise at ``z_t`` with ``gamma(t)`` of shape ``(B,)``."""
-        return self.net(z, self.net_input(gamma))
+        """``(B, C, H, W)`` predicted noise at ``z_t`` with ``gamma(t)`` of shape ``(B,)``.
+
+        ``prediction=eps``: the network's output. ``prediction=binary_posterior`` (binary data):
+        ``x_hat = tanh(alpha z / sigma^2 + f)``, ``f`` the network's output, and
+        ``eps_hat = (z - alpha x_hat) / sigma``: at ``f = 0`` ``x_hat`` is ``E[x | z_t]`` for
+        independent pixels equally likely +-1, so the network learns only what the pixels say
+        about each other (the same loss and bound; a parametrisation of ``eps_hat``).
+        """
+        out = self.net(z, self.net_input(gamma))
+        if self.prediction == "eps":
+            return out
+        view = (-1,) + (1,) * len(self.data_shape)
+        a, s = self.alpha_sigma(gamma.view(view))
+        x_hat = torch.tanh(a * z / s**2 + out)
+        return (z - a * x_hat) / s
 
     # -- the three terms (nats per example) ------------------------------------------------------
     def prior_loss(self, x: Tensor) -> Tensor:
