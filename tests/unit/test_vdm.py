@@ -311,3 +311,15 @@ def test_unet_shapes_and_zero_start() -> None:
         assert out.shape == z.shape and float(out.abs().max()) == 0.0
     with pytest.raises(ValueError, match="widths"):
         UNet((1, 28, 28), widths=[8, 8, 8, 8])
+
+
+def test_denoising_grid_and_snr_curve() -> None:
+    from vaelab.viz import denoising_grid, is_diffusion, snr_curve
+
+    m = VDM(NoiseMLP((1, 8, 8), [8]), (1, 8, 8), sample_steps=12)
+    assert is_diffusion(m)
+    grid = denoising_grid(m, num_chains=3, frames=5, padding=2)
+    assert grid.shape == (3, 2 + 6 * 10, 2 + 5 * 10)  # 6 rows (z_t, x_hat) x 5 frames of 8 + 2
+    assert torch.isfinite(grid).all()
+    img = snr_curve(m)
+    assert img.shape[0] == 3 and img.shape[1] > 100 and 0 <= float(img.min()) < float(img.max())
