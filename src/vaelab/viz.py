@@ -313,8 +313,8 @@ def _seeded(seed: int | None, device: torch.device) -> Iterator[None]:
 __all__ = [
     "denoising_grid",
     "has_encoder",
-    "is_diffusion",
     "interpolation_grid",
+    "is_diffusion",
     "rank_latent_dims",
     "reconstruction_grid",
     "sample_grid",

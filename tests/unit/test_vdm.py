@@ -201,8 +201,12 @@ def test_decoder_is_a_distribution_proportional_to_the_gaussian(decoder: str, va
     px = z0_decoder(z0, a0, s0, decoder)
     ks = torch.arange(values)
     logp = torch.stack(
-        [px.log_prob(torch.full((5, 1, 1, 1), int(k)).to(torch.float32 if values == 2 else k.dtype))
-         for k in ks]
+        [
+            px.log_prob(
+                torch.full((5, 1, 1, 1), int(k)).to(torch.float32 if values == 2 else k.dtype)
+            )
+            for k in ks
+        ]
     )  # (K, 5)
     torch.testing.assert_close(logp.exp().sum(0), torch.ones(5), rtol=1e-5, atol=1e-5)
     c = candidate_values(decoder).double()
@@ -274,8 +278,13 @@ def test_data_kinds_accept_exactly_the_pairs() -> None:
     binary, disc = tiny_vdm(), tiny_vdm(decoder="discretized")
     binary.check_data("binary")
     disc.check_data("dequantized")
-    for model, kind in ((binary, "dequantized"), (binary, "unit"), (disc, "binary"), (disc, "unit")):
-        with pytest.raises(ValueError, match="use .*model.decoder=|data.dequantize=true"):
+    for model, kind in (
+        (binary, "dequantized"),
+        (binary, "unit"),
+        (disc, "binary"),
+        (disc, "unit"),
+    ):
+        with pytest.raises(ValueError, match=r"use .*model\.decoder=|data\.dequantize=true"):
             model.check_data(kind)
     with pytest.raises(ValueError, match="binary data"):
         binary(torch.full((2, *SHAPE), 0.5, dtype=torch.float64))

@@ -51,8 +51,8 @@ from vaelab.loggers import log_images
 from vaelab.viz import (
     denoising_grid,
     has_encoder,
-    is_diffusion,
     interpolation_grid,
+    is_diffusion,
     rank_latent_dims,
     reconstruction_grid,
     sample_grid,

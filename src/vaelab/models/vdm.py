@@ -446,7 +446,7 @@ class VDM(GenerativeModel):
         z = torch.randn(n, *self.data_shape, device=dev, dtype=dtype)
         keep = set()
         if frames > 0:
-            keep = {int(round(i)) for i in torch.linspace(steps, 1, frames).tolist()}
+            keep = {round(i) for i in torch.linspace(steps, 1, frames).tolist()}
         trajectory = []
         for i in range(steps, 0, -1):
             ts = torch.tensor([(i - 1) / steps, i / steps], device=dev, dtype=dtype)
@@ -484,4 +484,4 @@ class VDM(GenerativeModel):
         return self.unscale(z), self.unscale(x_hat)
 
 
-__all__ = ["LearnedSchedule", "LinearSchedule", "MonotoneLinear", "NoiseSchedule", "VDM"]
+__all__ = ["VDM", "LearnedSchedule", "LinearSchedule", "MonotoneLinear", "NoiseSchedule"]

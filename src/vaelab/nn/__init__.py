@@ -12,10 +12,10 @@ from vaelab.nn.unet import NoiseMLP, UNet, timestep_embedding
 
 __all__ = [
     "MLP",
-    "NoiseMLP",
-    "UNet",
     "ConvDecoderNet",
     "ConvEncoderNet",
+    "NoiseMLP",
+    "UNet",
     "init_weights",
     "make_activation",
     "num_parameters",
