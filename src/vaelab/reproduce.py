@@ -70,7 +70,7 @@ RUN_ONLY_KEYS = (
     "data.download",
     "callbacks.rich_progress_bar",
 )
-TABLE_KINDS = ("table", "curves", "rate_distortion")
+TABLE_KINDS = ("table", "curves", "rate_distortion", "sweep")
 
 
 class ReproduceError(ValueError):
@@ -991,7 +991,12 @@ def run_checks(table: Table, states: Sequence[RowState]) -> list[str]:
         kind, metric = chk.get("type"), chk.get("metric")
         text = chk.get("text", f"{metric} {chk.get('order', '')}")
         if kind == "monotone":
-            vals = [(s.row.label, _num((s.metrics or {}).get(metric))) for s in ok_states]
+            only = chk.get("rows")  # optional: the row ids the ordering is about, in table order
+            vals = [
+                (s.row.label, _num((s.metrics or {}).get(metric)))
+                for s in ok_states
+                if not only or s.row.id in only
+            ]
             vals = [(lbl, v) for lbl, v in vals if v is not None]
             tol = float(chk.get("tolerance", 0.0))
             sign = 1 if chk.get("order") == "increasing" else -1
@@ -1038,6 +1043,30 @@ def run_checks(table: Table, states: Sequence[RowState]) -> list[str]:
                     f"- {text}: **{verdict}** ({label}: {metric} {v:.{digits_for(metric)}f}; "
                     f"|{metric} − {target:g}| ≤ {tol:g})"
                 )
+        elif kind == "not_worse":  # row at least as good as `than`, within k standard errors
+            by_id = {s.row.id: s for s in ok_states}
+            a, b = by_id.get(chk.get("row")), by_id.get(chk.get("than"))
+            if a is None or b is None:
+                out.append(
+                    f"- {text}: not checked (row {chk.get('row')} or {chk.get('than')} "
+                    "did not finish)"
+                )
+                continue
+            ma, mb = (s.metrics or {} for s in (a, b))
+            va, vb = _num(ma.get(metric)), _num(mb.get(metric))
+            sa, sb = _num(ma.get(f"{metric}_se")) or 0.0, _num(mb.get(f"{metric}_se")) or 0.0
+            if va is None or vb is None:
+                out.append(f"- {text}: not checked (no {metric})")
+                continue
+            k = float(chk.get("se_multiple", 1.0))
+            margin = k * math.hypot(sa, sb)
+            worse = (vb - va) if table.higher_is_better else (va - vb)
+            verdict = "holds" if worse <= margin else "does not hold"
+            out.append(
+                f"- {text}: **{verdict}** ({a.row.label} {va:.2f} ± {sa:.2f}, {b.row.label} "
+                f"{vb:.2f} ± {sb:.2f}; worse by {worse:.2f}, allowed {k:g} x combined s.e. = "
+                f"{margin:.2f})"
+            )
         else:
             out.append(f"- unknown check type {kind!r}")
     return out
@@ -1190,6 +1219,61 @@ def plot_rate_distortion(
     return path
 
 
+def plot_sweep(table: Table, states: Sequence[RowState], path: Path, budget: Budget) -> Path | None:
+    """The table's first metric (± s.e.) against each row's ``x`` (log axis; ``x = inf`` drawn at
+    the right end, labelled ∞); rows without ``x`` (baselines) as horizontal dashed lines."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metric = table.rows[0].metrics[0]
+    pts, base = [], []
+    for st in states:
+        m = st.metrics or {}
+        v, se = _num(m.get(metric)), _num(m.get(f"{metric}_se")) or 0.0
+        if st.status != "ok" or v is None:
+            continue
+        (base if st.row.x is None else pts).append((st.row, v, se))
+    if not pts and not base:
+        return None
+    finite = [p[0].x for p in pts if math.isfinite(p[0].x)]
+    x_inf = (max(finite) if finite else 1.0) * 10.0
+    xs = [p[0].x if math.isfinite(p[0].x) else x_inf for p in pts]
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    if pts:
+        ax.errorbar(
+            xs,
+            [p[1] for p in pts],
+            yerr=[p[2] for p in pts],
+            fmt="o-",
+            capsize=3,
+            color="tab:blue",
+            label=str(table.raw.get("series_label", "rows with x")),
+        )
+        for x, (_row, v, _) in zip(xs, pts):
+            ax.annotate(f"{v:.1f}", (x, v), textcoords="offset points", xytext=(4, 6), fontsize=8)
+        ax.set_xscale("log")
+        ticks = sorted(set(xs))
+        ax.set_xticks(ticks, ["∞" if t == x_inf else f"{t:g}" for t in ticks])
+    for i, (row, v, se) in enumerate(base):
+        color = f"C{i + 1}"
+        ax.axhline(v, color=color, ls="--", lw=1, label=f"{row.label}: {v:.1f} ± {se:.1f}")
+    ax.set_xlabel(
+        "x (row parameter; ∞ at the right)"
+        if not table.raw.get("x_label")
+        else str(table.raw["x_label"])
+    )
+    ax.set_ylabel(f"{metric} ({table.unit})")
+    ax.set_title(f"{table.name} (budget {budget.name})", fontsize=10)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
 # -- the whole report ----------------------------------------------------------------------------
 def ledger_path(out_dir: Path) -> Path:
     return out_dir / "reproduce.json"
@@ -1228,6 +1312,9 @@ def build_report(
         pngs += [p] if p else []
     if table.kind == "rate_distortion":
         p = plot_rate_distortion(table, states, report_dir / f"{table.name}.png", budget)
+        pngs += [p] if p else []
+    if table.kind == "sweep":
+        p = plot_sweep(table, states, report_dir / f"{table.name}.png", budget)
         pngs += [p] if p else []
     checks = run_checks(table, states)
     ran = [s["command"] for s in sittings if s.get("launched") and s.get("command")]
