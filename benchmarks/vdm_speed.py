@@ -25,104 +25,16 @@ Reference: Kingma, Salimans, Poole & Ho (2021), Variational Diffusion Models.
 from __future__ import annotations
 
 import argparse
-import math
 import os
-import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from epoch_speed import load_train, plain_pytorch_environment, summarise  # benchmarks/ on path
+from handwritten_vdm import run_epoch as run_hand_epoch
 from hydra import compose, initialize_config_dir
 from timing import run_vaelab_epoch, settle, write_json
-from torch import nn
 
 from vaelab.config import config_dir
-
-
-# -- the hand-written VDM (no vaelab code) -------------------------------------------------------
-def embed(t: torch.Tensor, dim: int) -> torch.Tensor:
-    half = dim // 2
-    freqs = torch.exp(-math.log(10_000.0) * torch.arange(half, dtype=torch.float32) / half)
-    args = 1000.0 * t[:, None] * freqs[None, :]
-    return torch.cat([torch.sin(args), torch.cos(args)], dim=-1)
-
-
-class HandVDM(nn.Module):
-    def __init__(self, widths: list[int], emb: int, g_min: float, g_max: float) -> None:
-        super().__init__()
-        layers, w = [], 784 + emb
-        for h in widths:
-            layers += [nn.Linear(w, h), nn.SiLU()]
-            w = h
-        layers.append(nn.Linear(w, 784))
-        self.net = nn.Sequential(*layers)
-        self.emb, self.g_min, self.g_max = emb, g_min, g_max
-        self.gamma0 = nn.Parameter(torch.tensor(g_min))
-        self.raw = nn.Parameter(torch.tensor(g_max - g_min).expm1().log())
-        self.w1, self.b1 = nn.Parameter(torch.ones(1, 1)), nn.Parameter(torch.zeros(1))
-        self.l2 = nn.Linear(1, 1024)
-        self.w3 = nn.Parameter(torch.randn(1, 1024) / 32)
-
-    def g(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # g(t), g'(t)
-        u = t[:, None]
-        p = torch.sigmoid(F.linear(2 * (u - 0.5), self.l2.weight.abs(), self.l2.bias))
-        w3 = self.w3.abs()
-        g = F.linear(u, self.w1.abs(), self.b1) + F.linear(2 * (p - 0.5), w3) / 1024
-        dg = self.w1.abs() + F.linear(4 * p * (1 - p) * self.l2.weight.abs().T, w3) / 1024
-        return g.squeeze(1), dg.squeeze(1)
-
-    def loss(self, k: torch.Tensor) -> torch.Tensor:
-        b = k.shape[0]
-        x = 2 * k - 1  # (B, 784)
-        g0 = self.gamma0
-        g1 = g0 + F.softplus(self.raw)
-        t = torch.remainder(torch.rand(()) + torch.arange(b) / b, 1.0)
-        ends, _ = self.g(torch.tensor([0.0, 1.0]))
-        gt, dgt = self.g(t)
-        gamma = g0 + (g1 - g0) * (gt - ends[0]) / (ends[1] - ends[0])
-        dgamma = (g1 - g0) * dgt / (ends[1] - ends[0])
-        a, s = torch.sigmoid(-gamma).sqrt()[:, None], torch.sigmoid(gamma).sqrt()[:, None]
-        eps = torch.randn_like(x)
-        z = a * x + s * eps
-        t_in = (gamma - self.g_min) / (self.g_max - self.g_min)
-        out = self.net(torch.cat([z, embed(t_in, self.emb)], 1))
-        eps_hat = (z - a * torch.tanh(a * z / s**2 + out)) / s
-        diffusion = 0.5 * dgamma * (eps - eps_hat).pow(2).sum(1)
-        a1, s1 = torch.sigmoid(-g1).sqrt(), torch.sigmoid(g1).sqrt()
-        prior = 0.5 * (s1**2 + (a1 * x) ** 2 - 1 - 2 * torch.log(s1)).sum(1)
-        a0, s0 = torch.sigmoid(-g0).sqrt(), torch.sigmoid(g0).sqrt()
-        z0 = a0 * x + s0 * torch.randn_like(x)
-        recon = F.binary_cross_entropy_with_logits(2 * a0 * z0 / s0**2, k, reduction="none")
-        return (prior + recon.sum(1) + diffusion).mean()
-
-
-def run_hand(images: torch.Tensor, cfg) -> tuple[float, list[float], float, int]:
-    torch.manual_seed(cfg.seed)
-    sch = cfg.model.schedule
-    model = HandVDM(
-        [int(w) for w in cfg.model.net.widths], 32, float(sch.gamma_min), float(sch.gamma_max)
-    )
-    opt = torch.optim.Adam(model.parameters(), lr=float(cfg.optimizer.lr), fused=True)
-    data = images.reshape(images.shape[0], -1).float() / 255.0
-    bs = int(cfg.data.batch_size)
-    order = torch.randperm(data.shape[0])
-    n = data.shape[0] // bs
-    g = torch.Generator().manual_seed(0)
-    steps: list[float] = []
-    cpu0 = time.process_time()
-    t0 = last = time.perf_counter()
-    for i in range(n):
-        now = time.perf_counter()
-        if i:
-            steps.append(now - last)
-        last = now
-        k = torch.bernoulli(data[order[i * bs : (i + 1) * bs]], generator=g)
-        loss = model.loss(k)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-    return time.perf_counter() - t0, steps, time.process_time() - cpu0, n
 
 
 def compose_cfg(args: argparse.Namespace, out: Path):
@@ -145,6 +57,19 @@ def compose_cfg(args: argparse.Namespace, out: Path):
         return compose(config_name="train", overrides=overrides)
 
 
+def hand_settings(cfg) -> dict:
+    """The hand-written arm's settings, read from the vaelab arm's config (same network)."""
+    sch = cfg.model.schedule
+    return {
+        "widths": [int(w) for w in cfg.model.net.widths],
+        "gamma_min": float(sch.gamma_min),
+        "gamma_max": float(sch.gamma_max),
+        "batch_size": int(cfg.data.batch_size),
+        "lr": float(cfg.optimizer.lr),
+        "seed": int(cfg.seed),
+    }
+
+
 def main() -> None:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -165,7 +90,7 @@ def main() -> None:
     for _ in range(args.reps):
         settle()
         with plain_pytorch_environment():
-            runs["hand"].append(run_hand(data, cfg))
+            runs["hand"].append(run_hand_epoch(data, **hand_settings(cfg)))
         runs["vaelab"].append(run_vaelab_epoch(cfg, data))
     res = summarise(runs)
     result = {
