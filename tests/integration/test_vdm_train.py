@@ -116,3 +116,27 @@ def test_vdm_refuses_the_other_data_kinds(
     )
     with pytest.raises(ValueError, match=match):
         train(cfg)
+
+
+def test_the_commands_of_docs_vdm_compose() -> None:
+    """Every ``vaelab-train`` line of docs/vdm.md composes and builds a VDM (its overrides exist)."""
+    import re
+    import shlex
+
+    from hydra.utils import instantiate
+
+    from tests.conftest import REPO
+
+    text = (REPO / "docs" / "vdm.md").read_text()
+    lines = [
+        ln.strip()
+        for block in re.findall(r"```bash\n(.*?)```", text, flags=re.S)
+        for ln in block.splitlines()
+        if ln.strip().startswith("vaelab-train")
+    ]
+    assert len(lines) == 3, lines
+    for line in lines:
+        cfg = compose_train(*shlex.split(line)[1:])
+        model = instantiate(cfg.model)
+        assert isinstance(model, VDM), line
+        assert cfg.eval.num_samples <= 8, line  # never the IWAE protocol's 5000 network passes
