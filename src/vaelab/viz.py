@@ -236,6 +236,68 @@ def interpolation_grid(
     return make_grid(_display(rows.reshape(-1, *shape)), nrow=rows.shape[1], padding=padding)
 
 
+# -- diffusion models --------------------------------------------------------------------------
+def is_diffusion(model: nn.Module) -> bool:
+    """True for models with an ancestral chain (``sample_latents(n, steps, frames)``) and a
+    noise schedule (``snr(t)``): ``vaelab.models.VDM``."""
+    return callable(getattr(model, "sample_latents", None)) and callable(
+        getattr(model, "snr", None)
+    )
+
+
+def denoising_grid(
+    model: nn.Module,
+    num_chains: int = 8,
+    frames: int = 10,
+    seed: int | None = 0,
+    padding: int = 2,
+) -> Tensor:
+    """Ancestral chains from ``t = 1`` (left) to ``t = 0`` (right), two rows per chain: ``z_t``
+    (shown as ``(z_t + 1) / 2``) and the network's denoised ``x_hat(z_t)``, at ``frames`` times.
+
+    Args:
+        model: a diffusion model (``is_diffusion(model)``).
+        num_chains: chains (pairs of rows).
+        frames: columns, evenly spaced steps of the sampler.
+        seed: seed of the draw (the global RNG is restored afterwards).
+        padding: pixels between images.
+    """
+    with _seeded(seed, _device(model)):
+        _, trajectory = model.sample_latents(int(num_chains), frames=int(frames))
+    rows = []
+    for i in range(int(num_chains)):
+        rows.append(torch.stack([(z[i] + 1) / 2 for _, z, _ in trajectory]))
+        rows.append(torch.stack([(x[i] + 1) / 2 for _, _, x in trajectory]))
+    images = torch.cat(rows)  # (2 * chains * frames, C, H, W)
+    return make_grid(_display(images), nrow=len(trajectory), padding=padding)
+
+
+def snr_curve(model: nn.Module, points: int = 201) -> Tensor:
+    """A ``(3, H, W)`` picture of the schedule's ``log SNR(t) = -gamma(t)`` against ``t``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    t = torch.linspace(0.0, 1.0, points, device=_device(model), dtype=_param_dtype(model))
+    log_snr = torch.log(model.snr(t)).detach().float().cpu()
+    fig, ax = plt.subplots(figsize=(4.0, 3.0), dpi=100)
+    try:
+        ax.plot(t.float().cpu().numpy(), log_snr.numpy())
+        ax.set_xlabel("t")
+        ax.set_ylabel("log SNR(t) = -gamma(t)")
+        ax.set_title(f"log SNR from {log_snr[0]:.2f} to {log_snr[-1]:.2f}")
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        fig.canvas.draw()
+        rgba = torch.frombuffer(bytearray(fig.canvas.buffer_rgba()), dtype=torch.uint8)
+        w, h = fig.canvas.get_width_height()
+        image = rgba.view(h, w, 4)[..., :3].permute(2, 0, 1).float() / 255.0
+    finally:
+        plt.close(fig)
+    return image
+
+
 @contextlib.contextmanager
 def _seeded(seed: int | None, device: torch.device) -> Iterator[None]:
     """Run under ``torch.manual_seed(seed)`` and restore the RNG state afterwards."""
@@ -249,10 +311,13 @@ def _seeded(seed: int | None, device: torch.device) -> Iterator[None]:
 
 
 __all__ = [
+    "denoising_grid",
     "has_encoder",
     "interpolation_grid",
+    "is_diffusion",
     "rank_latent_dims",
     "reconstruction_grid",
     "sample_grid",
+    "snr_curve",
     "traversal_grid",
 ]

@@ -75,7 +75,9 @@ def assert_cells_equal_metrics(out: Path, table: rp.Table) -> list[dict[str, str
     return lines
 
 
-@pytest.mark.parametrize("name", ["iwae_table1", "aevb_fig2", "beta_rd", "realnvp"])
+@pytest.mark.parametrize(
+    "name", ["iwae_table1", "aevb_fig2", "beta_rd", "realnvp", "vdm_timesteps"]
+)
 def test_every_table_at_smoke_budget(name: str, tmp_path: Path, fake_mnist: Path) -> None:
     """Smoke test of each table end to end, plus report cells == metrics.json (can fail)."""
     table = rp.load_table(name)
@@ -87,7 +89,7 @@ def test_every_table_at_smoke_budget(name: str, tmp_path: Path, fake_mnist: Path
         assert cifar["status"] == "no data" and cifar["ours"] == "" and cifar["reproduced"] == "—"
         assert not (out / "runs" / "cifar10" / "metrics.json").exists()
     assert_cells_equal_metrics(out, table)
-    if table.kind in ("curves", "rate_distortion"):
+    if table.kind in ("curves", "rate_distortion", "sweep"):
         png = out / f"{name}.png"
         assert png.is_file() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     ledger = json.loads((out / "reproduce.json").read_text())

@@ -18,6 +18,8 @@ The pictures:
   test image (or around 0) and decodes the mean.
 - ``interpolations``: one row per pair of test images: the first image, the decoded means along
   the straight line between the two posterior means, the second image.
+- ``denoising`` and ``snr`` (diffusion models, ``vaelab.viz.is_diffusion``): ancestral chains
+  from ``t = 1`` to ``0``, ``z_t`` above the denoised ``x_hat(z_t)``; the learned ``log SNR(t)``.
 
 Latent-variable models (``VAE``, ``HierarchicalVAE``) need ``encode(x) -> q(z|x)`` and
 ``decode_mean(z)``; for the hierarchical VAE that is the layer next to the data, ``z_1``. Models
@@ -47,16 +49,19 @@ from torchvision.utils import save_image
 
 from vaelab.loggers import log_images
 from vaelab.viz import (
+    denoising_grid,
     has_encoder,
     interpolation_grid,
+    is_diffusion,
     reconstruction_grid,
     sample_grid,
+    snr_curve,
     traversal_grid,
 )
 
 log = logging.getLogger(__name__)
 
-PICTURES = ("samples", "reconstructions", "traversals", "interpolations")
+PICTURES = ("samples", "reconstructions", "traversals", "interpolations", "denoising", "snr")
 LATENT_PICTURES = ("reconstructions", "traversals", "interpolations")
 
 
@@ -88,7 +93,8 @@ class ImageGrids(L.Callback):
     Args:
         dirpath: folder of the PNGs; default ``<trainer.default_root_dir>/images``.
         every_n_epochs: period in epochs; 0 writes only at the end of fit.
-        pictures: any of ``samples``, ``reconstructions``, ``traversals``, ``interpolations``.
+        pictures: any of ``samples``, ``reconstructions``, ``traversals``, ``interpolations``,
+            ``denoising``, ``snr`` (the last two: diffusion models only).
         num_samples: images in the sample grid.
         nrow: images per row in the sample and reconstruction grids.
         num_reconstructions: inputs in the reconstruction grid (cut to a multiple of ``nrow``).
@@ -240,6 +246,11 @@ class ImageGrids(L.Callback):
                 use_mean=self.use_mean,
                 temperature=self.temperature,
             )
+        if is_diffusion(model):
+            if "denoising" in self.pictures:
+                grids["denoising"] = denoising_grid(model, seed=self.seed, padding=self.padding)
+            if "snr" in self.pictures:
+                grids["snr"] = snr_curve(model)
         wanted = [p for p in self.pictures if p in LATENT_PICTURES]
         if not wanted:
             return grids

@@ -8,12 +8,16 @@ from vaelab.nn.mlp import (
     make_activation,
     num_parameters,
 )
+from vaelab.nn.unet import NoiseMLP, UNet, timestep_embedding
 
 __all__ = [
     "MLP",
     "ConvDecoderNet",
     "ConvEncoderNet",
+    "NoiseMLP",
+    "UNet",
     "init_weights",
     "make_activation",
     "num_parameters",
+    "timestep_embedding",
 ]

@@ -30,7 +30,7 @@ from vaelab.reproduce.launch import (
     record_sitting,
     run_plan,
 )
-from vaelab.reproduce.plots import plot_curves, plot_rate_distortion, read_curves
+from vaelab.reproduce.plots import plot_curves, plot_rate_distortion, plot_sweep, read_curves
 from vaelab.reproduce.readme import README_END, README_START, readme_section, write_readme
 from vaelab.reproduce.report import build_report, protocol_line
 from vaelab.reproduce.rows import (
@@ -90,6 +90,7 @@ __all__ = [
     "plan_table",
     "plot_curves",
     "plot_rate_distortion",
+    "plot_sweep",
     "protocol_line",
     "read_curves",
     "readme_section",

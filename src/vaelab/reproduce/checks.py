@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Sequence
 
 from vaelab.reproduce.formatting import digits_for
@@ -39,7 +40,8 @@ def run_checks(table: Table, results: Sequence[RowResult]) -> list[str]:
         kind, metric = chk.get("type"), chk.get("metric")
         text = chk.get("text", f"{metric} {chk.get('order', '')}")
         if kind == "monotone":
-            stats = [(r, r.stats(metric)) for r in done]
+            only = chk.get("rows")  # optional: the row ids the ordering is about, in table order
+            stats = [(r, r.stats(metric)) for r in done if not only or r.row.id in only]
             vals = [(r.row.label, s.mean, s.seed_se) for r, s in stats if s.mean is not None]
             tol = float(chk.get("tolerance", 0.0))
             sign = 1 if chk.get("order") == "increasing" else -1
@@ -101,6 +103,31 @@ def run_checks(table: Table, results: Sequence[RowResult]) -> list[str]:
                     f"- {text}: **{verdict}** ({r.row.label}: {metric} {v:.{d}f}; "
                     f"|{metric} − {target:g}| ≤ {tol:g})"
                 )
+        elif kind == "not_worse":  # row at least as good as `than`, within k standard errors
+            out.append(_not_worse(table, chk, text, metric, {r.row.id: r for r in done}))
         else:
             out.append(f"- unknown check type {kind!r}")
     return out
+
+
+def _not_worse(table: Table, chk: dict, text: str, metric: str, by_id: dict[str, RowResult]) -> str:
+    """``row`` is at least as good as ``than`` within ``se_multiple`` s.e. of the difference
+    (over seeds when the rows have seeds, else over test images)."""
+    a, b = by_id.get(chk.get("row")), by_id.get(chk.get("than"))
+    if a is None or b is None:
+        return f"- {text}: not checked (row {chk.get('row')} or {chk.get('than')} did not finish)"
+    sa, sb = a.stats(metric), b.stats(metric)
+    if sa.mean is None or sb.mean is None:
+        return f"- {text}: not checked (no {metric})"
+    se_a = (sa.seed_se if a.seeded else sa.image_se) or 0.0
+    se_b = (sb.seed_se if b.seeded else sb.image_se) or 0.0
+    k = float(chk.get("se_multiple", 1.0))
+    margin = k * math.hypot(se_a, se_b)
+    worse = (sb.mean - sa.mean) if table.higher_is_better else (sa.mean - sb.mean)
+    verdict = "holds" if worse <= margin else "does not hold"
+    d = digits_for(metric)
+    return (
+        f"- {text}: **{verdict}** ({a.row.label} {sa.mean:.{d}f} ± {se_a:.{d}f}, {b.row.label} "
+        f"{sb.mean:.{d}f} ± {se_b:.{d}f}; worse by {worse:.{d}f}, allowed {k:g} x combined s.e. "
+        f"= {margin:.{d}f})"
+    )

@@ -201,3 +201,58 @@ def plot_rate_distortion(
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def plot_sweep(
+    table: Table, results: Sequence[RowResult], path: Path, budget: Budget
+) -> Path | None:
+    """The table's first metric (± 1 s.e.: over seeds when the rows have seeds, else over test
+    images) against each row's ``x`` (log axis; ``x = inf`` drawn at the right end, labelled ∞);
+    rows without ``x`` (baselines) as horizontal dashed lines."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metric = table.rows[0].metrics[0]
+    pts, base = [], []
+    for res in results:
+        if not res.ok or (not res.seeded and res.status != "ok"):
+            continue
+        s = res.stats(metric)
+        if s.mean is None:
+            continue
+        se = (s.seed_se if res.seeded else s.image_se) or 0.0
+        (base if res.row.x is None else pts).append((res.row, s.mean, se))
+    if not pts and not base:
+        return None
+    finite = [p[0].x for p in pts if math.isfinite(p[0].x)]
+    x_inf = (max(finite) if finite else 1.0) * 10.0
+    xs = [p[0].x if math.isfinite(p[0].x) else x_inf for p in pts]
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    if pts:
+        ax.errorbar(
+            xs,
+            [p[1] for p in pts],
+            yerr=[p[2] for p in pts],
+            fmt="o-",
+            capsize=3,
+            color="tab:blue",
+            label=str(table.raw.get("series_label", "rows with x")),
+        )
+        for x, (_row, v, _) in zip(xs, pts):
+            ax.annotate(f"{v:.1f}", (x, v), textcoords="offset points", xytext=(4, 6), fontsize=8)
+        ax.set_xscale("log")
+        ticks = sorted(set(xs))
+        ax.set_xticks(ticks, ["∞" if t == x_inf else f"{t:g}" for t in ticks])
+    for i, (row, v, se) in enumerate(base):
+        ax.axhline(v, color=f"C{i + 1}", ls="--", lw=1, label=f"{row.label}: {v:.1f} ± {se:.1f}")
+    ax.set_xlabel(str(table.raw.get("x_label") or "x (row parameter; ∞ at the right)"))
+    ax.set_ylabel(f"{metric} ({table.unit})")
+    ax.set_title(f"{table.name} (budget {budget.name})", fontsize=10)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

@@ -10,7 +10,7 @@ from vaelab.reproduce.cells import ReportLine, markdown_table, report_lines, wri
 from vaelab.reproduce.checks import run_checks
 from vaelab.reproduce.formatting import run_config, wall
 from vaelab.reproduce.launch import _now, busy_seconds, ledger_path
-from vaelab.reproduce.plots import plot_curves, plot_rate_distortion
+from vaelab.reproduce.plots import plot_curves, plot_rate_distortion, plot_sweep
 from vaelab.reproduce.rows import (
     link_checkpoints,
     read_json,
@@ -93,6 +93,9 @@ def build_report(
         pngs += [p] if p else []
     if table.kind == "rate_distortion":
         p = plot_rate_distortion(table, results, report_dir / f"{table.name}.png", budget)
+        pngs += [p] if p else []
+    if table.kind == "sweep":
+        p = plot_sweep(table, results, report_dir / f"{table.name}.png", budget)
         pngs += [p] if p else []
     checks = run_checks(table, results)
     ran = [s["command"] for s in sittings if s.get("launched") and s.get("command")]

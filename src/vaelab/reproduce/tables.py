@@ -11,7 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from vaelab.config import config_dir
 
-TABLE_KINDS = ("table", "curves", "rate_distortion")
+TABLE_KINDS = ("table", "curves", "rate_distortion", "sweep")
 # A training row's data protocol: ``held_out`` (vaelab's default: ``data.val_size`` training images
 # held out for validation) or ``full`` (every training image, no held-out split, validation off:
 # the protocol of papers that train on all 60,000 MNIST images). Never the test set.
