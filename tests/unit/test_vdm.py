@@ -12,10 +12,10 @@ import pytest
 import torch
 
 from vaelab.distributions.diffusion import candidate_values, z0_decoder
-from vaelab.evaluation.units import bits_per_dim
 from vaelab.models import VDM
 from vaelab.models.vdm import LearnedSchedule, LinearSchedule
 from vaelab.nn import NoiseMLP, UNet
+from vaelab.units import bits_per_dim
 
 SHAPE = (1, 2, 2)
 

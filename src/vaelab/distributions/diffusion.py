@@ -24,7 +24,7 @@ from torch.distributions import Bernoulli, Categorical, Independent
 
 from vaelab.distributions.likelihoods import at_least_float32
 
-#: the decoders by name, and the data kind each one models (``vaelab.evaluation.units``)
+#: the decoders by name, and the data kind each one models (``vaelab.units``)
 DECODER_KINDS = {"binary": "binary", "discretized": "dequantized"}
 
 

@@ -52,6 +52,7 @@ from torch.distributions import Independent, Normal, kl_divergence
 
 from vaelab.distributions.diffusion import DECODER_KINDS, z0_decoder
 from vaelab.models.base import GenerativeModel, Terms
+from vaelab.units import check_kind
 
 
 def _floating(x: Tensor) -> Tensor:
@@ -257,8 +258,6 @@ class VDM(GenerativeModel):
 
     # -- data <-> model space ----------------------------------------------------------------
     def check_data(self, data_kind: str) -> None:
-        from vaelab.evaluation.units import check_kind
-
         want = DECODER_KINDS[self.decoder]
         kind = check_kind(data_kind)
         if kind != want:
