@@ -25,7 +25,7 @@ import re
 import secrets
 import socket
 import zipfile
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -310,16 +310,84 @@ def stored_job_num(ckpt: Mapping[str, Any]) -> int | None:
     return int(num) if num is not None else None
 
 
+#: Keys a re-run sweep may change for all its jobs without changing which checkpoint is whose: where
+#: files go, how long to train, what to log and evaluate, how to resume.
+JOB_FREE = (
+    "ckpt_path",
+    "trust_checkpoint",
+    "resume_strict",
+    "paths",
+    "hydra",
+    "task_name",
+    "tags",
+    "train",
+    "test",
+    "eval",
+    "logger",
+    "callbacks",
+    "optimized_metric",
+    "trainer.max_epochs",
+    "trainer.max_steps",
+    "trainer.max_time",
+    "trainer.min_epochs",
+    "trainer.min_steps",
+    "trainer.enable_progress_bar",
+    "trainer.log_every_n_steps",
+    *RESUME_FREE,
+)
+
+
+def _override_key(override: str) -> str | None:
+    """``trainer.gradient_clip_val`` of ``+trainer.gradient_clip_val=1`` (None for a bare word)."""
+    key = override.split("=", 1)[0].strip().lstrip("+~")
+    key = key.split("@", 1)[0]  # group@package=option: the group
+    return key or None
+
+
+def _lookup(config: Mapping[str, Any], key: str) -> Any:
+    node: Any = config
+    for part in key.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+def job_identity_differences(
+    saved: Mapping[str, Any], current: Mapping[str, Any], job_overrides: Sequence[str]
+) -> list[tuple[str, Any, Any]]:
+    """The keys this sweep job sets on its command line (its swept values among them) whose value
+    in the checkpoint's stored config differs from this run's, minus :data:`JOB_FREE`.
+
+    A checkpoint of another job of the same sweep (``trainer.gradient_clip_val=0.01`` where this
+    job has ``100``) differs here even where :func:`config_differences` finds nothing.
+    """
+    out = []
+    for key in dict.fromkeys(k for k in map(_override_key, job_overrides) if k):
+        if any(key == f or key.startswith(f + ".") for f in JOB_FREE):
+            continue
+        a, b = _lookup(saved, key), _lookup(current, key)
+        if a != b:
+            out.append((key, a, b))
+    return out
+
+
 def find_resume_checkpoint(
     log_dir: str | os.PathLike[str],
     task_name: str,
     config: Mapping[str, Any],
     job_num: int | None = None,
     trust: bool = False,
+    job_overrides: Sequence[str] | None = None,
 ) -> tuple[Path | None, str]:
     """The ``last.ckpt`` that ``ckpt_path=last`` continues: the newest under ``log_dir/task_name``
-    whose stored config matches ``config`` (:func:`config_differences`); under a multirun, one
-    of the same job number first. Returns ``(path or None, why none matched)``.
+    whose stored config matches ``config`` (:func:`config_differences`).
+
+    Under a multirun (``job_overrides``: this job's command-line overrides, not None), only a
+    checkpoint of *this job* qualifies: one whose stored config also has this job's value of every
+    key the job sets (:func:`job_identity_differences`; so another job's checkpoint never does,
+    whatever the job numbers), the one of the same job number first. A job with none starts
+    afresh. Returns ``(path or None, why none matched)``.
 
     Raises:
         CheckpointError: a candidate newer than the chosen one (or than every candidate, when none
@@ -348,6 +416,13 @@ def find_resume_checkpoint(
             first_mismatch = first_mismatch or f"{p} holds no vaelab config"
             continue
         diffs = config_differences(saved, config)
+        if not diffs and job_overrides is not None:
+            diffs = job_identity_differences(saved, config, job_overrides)
+            if diffs:
+                first_mismatch = first_mismatch or (
+                    f"{p} is another sweep job's: {describe_differences(diffs)}"
+                )
+                continue
         if diffs:
             first_mismatch = first_mismatch or f"{p} differs: {describe_differences(diffs)}"
             continue
@@ -362,6 +437,7 @@ def find_resume_checkpoint(
 
 
 __all__ = [
+    "JOB_FREE",
     "RESUME_FREE",
     "RESUME_KEYS",
     "TRUST_OPTION",
@@ -373,6 +449,7 @@ __all__ = [
     "clean_partial_files",
     "config_differences",
     "find_resume_checkpoint",
+    "job_identity_differences",
     "non_finite_weights",
     "read_checkpoint",
 ]

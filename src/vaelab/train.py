@@ -98,13 +98,24 @@ def _multirun_job_num() -> int | None:
     return None
 
 
+def _multirun_job_overrides() -> list[str] | None:
+    """This multirun job's command-line overrides (its swept values among them), else None."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+        return [str(o) for o in HydraConfig.get().overrides.task]
+    return None
+
+
 def resolve_ckpt_path(cfg: DictConfig, run_config: dict[str, Any] | None = None) -> str | None:
     """The checkpoint this run resumes from, checked against the run's config.
 
     ``null`` -> None. ``last`` -> the newest ``last.ckpt`` of this task whose stored model, data,
-    objective and optimizer config equals this run's (under ``--multirun``, the one of the same
-    job first); in a multirun, a job with none starts afresh, so re-running an interrupted sweep
-    resumes each job that had started. A path -> that file, refused if its config differs (unless
+    objective and optimizer config equals this run's; under ``--multirun``, only one of this job
+    (the same values of the keys the job sets, swept ones included; the same job number first),
+    and a job with none starts afresh, so re-running an interrupted sweep resumes each job that
+    had started and never another job's checkpoint. A path -> that file, refused if its config differs (unless
     ``resume_strict=false``). Checkpoints are read weights-only (``trust_checkpoint=true`` to opt
     out for a file you trust).
 
@@ -120,7 +131,12 @@ def resolve_ckpt_path(cfg: DictConfig, run_config: dict[str, Any] | None = None)
     if path == "last":
         job_num = _multirun_job_num()
         found, why = find_resume_checkpoint(
-            cfg.paths.log_dir, cfg.task_name, run_config, job_num=job_num, trust=trust
+            cfg.paths.log_dir,
+            cfg.task_name,
+            run_config,
+            job_num=job_num,
+            trust=trust,
+            job_overrides=_multirun_job_overrides(),
         )
         if found is not None:
             log.info("Resuming from %s", found)
