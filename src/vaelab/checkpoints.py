@@ -18,11 +18,14 @@
 from __future__ import annotations
 
 import contextlib
+import errno
+import glob
 import logging
 import os
 import pickle
 import re
 import secrets
+import shutil
 import socket
 import zipfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -163,23 +166,99 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+class DiskFullError(OSError):
+    """A write failed because its filesystem is full (or the user's quota is spent): the message
+    names the device and the file; the file's previous version, if any, is untouched."""
+
+
+#: errnos that mean "the filesystem has no room for this write".
+_NO_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
+def device_of(path: str | os.PathLike[str]) -> str:
+    """``/dev/sda1 (mounted at /work)`` for a path on that filesystem (the mount point alone
+    where ``/proc/mounts`` is not readable)."""
+    p = Path(path).absolute()
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    mount = p
+    while not os.path.ismount(mount) and mount != mount.parent:
+        mount = mount.parent
+    source = ""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/mounts").read_text().splitlines():
+            fields = line.split()
+            if len(fields) >= 2 and fields[1] == str(mount):
+                source = fields[0]  # the last mount at that point wins
+    return f"{source} (mounted at {mount})" if source else str(mount)
+
+
+def _write_error(err: BaseException, path: Path) -> BaseException | None:
+    """A :class:`DiskFullError` naming the device and ``path`` if ``err`` is an out-of-space
+    error, else None."""
+    if isinstance(err, OSError) and err.errno in _NO_SPACE:
+        free = ""
+        with contextlib.suppress(OSError):
+            free = f", {shutil.disk_usage(path.parent).free / 2**20:.1f} MiB free"
+        return DiskFullError(
+            err.errno,
+            f"no space left on {device_of(path.parent)} writing {path} ({os.strerror(err.errno)}"
+            f"{free}); the previous {path.name}, if any, is kept. Free some space (or point "
+            "paths.log_dir / paths.output_dir at another disk) and run again",
+        )
+    return None
+
+
+class _RecordingWriter:
+    """The temp file as handed to ``write``: remembers the first ``OSError`` of a write, which
+    ``torch.save``'s zip writer swallows (it raises ``RuntimeError: [enforce fail at
+    inline_container.cc] unexpected pos ...`` instead)."""
+
+    def __init__(self, f: IO[bytes]) -> None:
+        self._f = f
+        self.error: OSError | None = None
+
+    def write(self, data: Any) -> int:
+        try:
+            return self._f.write(data)
+        except OSError as err:
+            self.error = self.error or err
+            raise
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._f, name)
+
+
 def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], Any]) -> Path:
     """Write ``path`` atomically: ``write(f)`` into a temp file in the same folder, flush, fsync,
-    ``os.replace``. On any failure the temp file is removed and the old ``path`` is untouched."""
+    ``os.replace``. On any failure the temp file is removed and the old ``path`` is untouched.
+
+    Raises:
+        DiskFullError: the filesystem is full (or the quota spent): "no space left on <device>
+            writing <path>", whatever form the writer gave the error (``torch.save`` turns it into
+            a ``RuntimeError``).
+    """
     path = Path(path)
     folder = path.parent
     folder.mkdir(parents=True, exist_ok=True)
     clean_partial_files(folder)
     tmp = folder / f".vaelab-partial~{socket.gethostname()}~{os.getpid()}~{secrets.token_hex(4)}"
+    writer: _RecordingWriter | None = None
     try:
         with open(tmp, "xb") as f:
-            write(f)
+            writer = _RecordingWriter(f)
+            write(writer)  # type: ignore[arg-type]
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         with contextlib.suppress(OSError):
             tmp.unlink()
+        full = _write_error(err, path)
+        if full is None and writer is not None and writer.error is not None:
+            full = _write_error(writer.error, path)
+        if full is not None:
+            raise full from err
         raise
     _fsync_dir(folder)
     return path
@@ -226,21 +305,42 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         return read_checkpoint(path, trust=self.trust)
 
 
+def _existing_checkpoint(cb: Any, path: str) -> str:
+    """``path`` if that file exists, else the newest existing file the callback ``cb`` wrote
+    (its folder, its file name up to the first ``{``), else "". A save that failed (a full disk)
+    leaves the callback naming a file that was never written; the previous one is still there."""
+    if not path or Path(path).is_file():
+        return path
+    folder = getattr(cb, "dirpath", None)
+    if not folder or not Path(folder).is_dir():
+        return ""
+    stem = str(getattr(cb, "filename", None) or "").split("{")[0] or Path(path).stem.split("-")[0]
+    files = [
+        p
+        for p in Path(folder).glob(f"{glob.escape(stem)}*{getattr(cb, 'FILE_EXTENSION', '.ckpt')}")
+        if p.is_file()
+    ]
+    return str(max(files, key=lambda p: p.stat().st_mtime)) if files else ""
+
+
 def checkpoint_paths(trainer: Any) -> dict[str, str]:
     """``{"best": ..., "last": ...}`` paths written so far by the trainer's ModelCheckpoints ("")
 
     ``best``: the best checkpoint of the first callback with a monitor; ``last``: ``last.ckpt``,
     whether written by ``save_last`` or by a monitor-less callback named ``last``
-    (``conf/callbacks/model_checkpoint.yaml``).
+    (``conf/callbacks/model_checkpoint.yaml``). Only files that exist: after a failed save the
+    callback's previous file is named instead of the one it could not write.
     """
     best = last = ""
     for cb in getattr(trainer, "checkpoint_callbacks", None) or []:
         path = getattr(cb, "best_model_path", "") or ""
         if getattr(cb, "monitor", None) is None and path and Path(path).stem == "last":
-            last = last or path
-        else:
-            best = best or path
-        last = last or (getattr(cb, "last_model_path", "") or "")
+            last = last or _existing_checkpoint(cb, path)
+        elif getattr(cb, "monitor", None) is not None or path:
+            best = best or _existing_checkpoint(cb, path)
+        saved_last = getattr(cb, "last_model_path", "") or ""
+        if saved_last and Path(saved_last).is_file():
+            last = last or saved_last
     return {"best": best, "last": last}
 
 
@@ -443,11 +543,13 @@ __all__ = [
     "TRUST_OPTION",
     "AtomicCheckpointIO",
     "CheckpointError",
+    "DiskFullError",
     "atomic_write",
     "atomic_write_text",
     "checkpoint_paths",
     "clean_partial_files",
     "config_differences",
+    "device_of",
     "find_resume_checkpoint",
     "job_identity_differences",
     "non_finite_weights",
