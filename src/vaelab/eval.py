@@ -34,6 +34,7 @@ from vaelab.checkpoints import (
     read_checkpoint,
 )
 from vaelab.config import config_dir, register_resolvers
+from vaelab.runlock import run_dir_lock
 from vaelab.utils import print_summary, to_float_dict, write_metrics
 
 log = logging.getLogger(__name__)
@@ -50,7 +51,13 @@ def evaluate(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
         CheckpointError: the file is missing, corrupt, unsafe, not vaelab's, or its weights are
             not finite.
         NonFiniteResultError: a figure came out NaN or infinite (still written to metrics.json).
+        vaelab.runlock.RunDirBusyError: another live run holds the output folder.
     """
+    with run_dir_lock(cfg.paths.output_dir):
+        return _evaluate(cfg)
+
+
+def _evaluate(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     ckpt_path = str(cfg.ckpt_path)
     out_dir = Path(cfg.paths.output_dir)
     metrics: dict[str, float] = {}

@@ -37,6 +37,7 @@ from vaelab.config import config_dir, register_resolvers
 from vaelab.distributed import hydra_ddp_jobs
 from vaelab.lit import GenerativeModule
 from vaelab.loggers import continue_wandb_runs, finish_loggers, is_wandb_logger_config
+from vaelab.runlock import run_dir_lock
 from vaelab.utils import print_summary, to_float_dict, write_metrics
 
 log = logging.getLogger(__name__)
@@ -170,8 +171,15 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     """Fit and test one run. Returns ``(metrics, objects)``; writes ``metrics.json``.
 
     ``metrics.json`` is written whatever happens, with ``status: ok`` or ``status: failed: ...``,
-    also when the run fails before training starts (a refused checkpoint, a bad config).
+    also when the run fails before training starts (a refused checkpoint, a bad config). A run
+    directory another live run holds is refused before anything is written
+    (:func:`vaelab.runlock.run_dir_lock`).
     """
+    with run_dir_lock(cfg.paths.output_dir):
+        return _train(cfg)
+
+
+def _train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     out_dir = Path(cfg.paths.output_dir)
     objects: dict[str, Any] = {}
     metrics: dict[str, float] = {}

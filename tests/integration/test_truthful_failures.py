@@ -95,3 +95,48 @@ def test_a_full_disk_during_a_checkpoint_save_is_named_and_recorded_truthfully(
     # The last good checkpoint is whole and from epoch 0; no partial file is left.
     assert read_checkpoint(metrics["last_checkpoint"])["epoch"] == 0
     assert not list((run / "checkpoints").glob(".vaelab-partial*"))
+
+
+HOLD_RUN_DIR = """
+import sys
+from vaelab.runlock import run_dir_lock
+with run_dir_lock(sys.argv[1]):
+    print("held", flush=True)
+    sys.stdin.read()
+"""
+
+
+def test_a_second_run_in_a_held_run_directory_is_refused_naming_the_holder(
+    fake_mnist: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Issue 26 case 6. Before: two runs pinned to one hydra.run.dir both ended ok, and one
+    # metrics.json, config and checkpoint set overwrote the other's.
+    import socket
+    import subprocess
+    import sys
+
+    from vaelab.runlock import run_dir_lock
+
+    run = tmp_path / "run"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_RUN_DIR, str(run)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        (run / "metrics.json").write_text('{"status": "ok", "the first run": 1}')
+        cfg = compose_train(["~callbacks.images"], tmp_path, fake_mnist)
+        with pytest.raises(RuntimeError, match="in use by another vaelab run") as info:
+            train(cfg)
+        assert f"pid {holder.pid} on host {socket.gethostname()}, started 20" in str(info.value)
+        assert "hydra.run.dir" in str(info.value)
+        assert json.loads((run / "metrics.json").read_text())["the first run"] == 1
+        assert not (run / "checkpoints").exists()
+    finally:
+        holder.kill()  # kill -9: the kernel releases the lock, the lock file stays
+        holder.wait()
+    with caplog.at_level("WARNING", logger="vaelab.runlock"), run_dir_lock(run):
+        pass
+    assert f"pid {holder.pid}" in caplog.text and "no longer running" in caplog.text

@@ -1,0 +1,126 @@
+"""One run per run directory: an OS-level lock on ``<run dir>/.vaelab.lock``.
+
+Two runs pinned to one folder (``hydra.run.dir=...`` given twice, a script started twice) would
+both write ``metrics.json``, ``.hydra/config.yaml`` and the checkpoints there, and one result would
+be lost while both end ``ok``. :func:`run_dir_lock` takes ``fcntl.flock`` on a lock file in the
+folder: the second run is refused at once with a :class:`RunDirBusyError` naming the holder (pid,
+host, start time, command). The kernel drops the lock when its process ends however it ends
+(``kill -9`` included), so a lock file left by a dead run is no obstacle: it is taken over, and the
+log notes whose it was.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import json
+import logging
+import os
+import socket
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+LOCK_NAME = ".vaelab.lock"
+
+
+class RunDirBusyError(RuntimeError):
+    """Another live run holds the run directory."""
+
+
+def _describe(holder: dict[str, Any]) -> str:
+    if not holder:
+        return "a process that left no details"
+    cmd = " ".join(holder.get("command") or [])
+    return (
+        f"pid {holder.get('pid')} on host {holder.get('host')}, started {holder.get('started')}"
+        + (f": {cmd}" if cmd else "")
+    )
+
+
+def _read(fd: int) -> dict[str, Any]:
+    os.lseek(fd, 0, os.SEEK_SET)
+    data = b""
+    while chunk := os.read(fd, 65536):
+        data += chunk
+    try:
+        holder = json.loads(data.decode() or "{}")
+    except (UnicodeDecodeError, ValueError):
+        return {}
+    return holder if isinstance(holder, dict) else {}
+
+
+def _dead_here(holder: dict[str, Any]) -> bool:
+    if holder.get("host") != socket.gethostname():
+        return False
+    try:
+        os.kill(int(holder["pid"]), 0)
+    except (KeyError, TypeError, ValueError, ProcessLookupError):
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+@contextlib.contextmanager
+def run_dir_lock(folder: str | os.PathLike[str]) -> Iterator[Path]:
+    """Hold ``folder``'s run lock while the block runs (only process rank 0 of a DDP run locks).
+
+    Raises:
+        RunDirBusyError: another live process holds it (the message names it and what to do).
+    """
+    import fcntl
+
+    from lightning.pytorch.utilities import rank_zero_only
+
+    folder = Path(folder)
+    if rank_zero_only.rank != 0:  # DDP children run in their rank 0's folder
+        yield folder / LOCK_NAME
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / LOCK_NAME
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _read(fd)
+            raise RunDirBusyError(
+                f"run directory {folder} is in use by another vaelab run ({_describe(holder)}; "
+                f"lock file {path}). Two runs in one folder would overwrite each other's "
+                "metrics.json, config and checkpoints. Wait for that run to end, or give this "
+                "one its own folder: drop hydra.run.dir=... (each run then gets a new folder) "
+                "or pass another hydra.run.dir"
+            ) from None
+        previous = _read(fd)
+        if previous:
+            state = "no longer running" if _dead_here(previous) else "ended without releasing it"
+            log.warning(
+                "took over the stale lock of run directory %s: its holder (%s) is %s",
+                folder,
+                _describe(previous),
+                state,
+            )
+        me = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "started": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            "command": [Path(sys.argv[0]).name, *sys.argv[1:]] if sys.argv else [],
+        }
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(me).encode(), 0)
+        try:
+            yield path
+        finally:
+            # Emptied, not removed: removing it would let a waiting opener lock a dead inode.
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, 0)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+
+__all__ = ["LOCK_NAME", "RunDirBusyError", "run_dir_lock"]
