@@ -22,6 +22,7 @@ from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
+from vaelab.callbacks.divergence import DivergedError
 from vaelab.callbacks.resume import ResumeState
 from vaelab.callbacks.wandb_resume import tracking_callbacks, wandb_state_from_checkpoint
 from vaelab.checkpoints import (
@@ -167,6 +168,15 @@ def resolve_ckpt_path(cfg: DictConfig, run_config: dict[str, Any] | None = None)
     return str(path)
 
 
+def run_status(err: BaseException) -> str:
+    """``metrics.json``'s status of a run that raised ``err``: ``diverged: ...`` for a run whose
+    figures left the sane range (:class:`vaelab.callbacks.divergence.DivergedError`), else
+    ``failed: <type>: <message>``."""
+    if isinstance(err, DivergedError):
+        return f"diverged: {err}"
+    return f"failed: {type(err).__name__}: {err}"
+
+
 def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     """Fit and test one run. Returns ``(metrics, objects)``; writes ``metrics.json``.
 
@@ -207,8 +217,10 @@ def _train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
             lg.log_hyperparams(run_config)
         if cfg.get("train", True):
             trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
-            metrics.update(module.last_train_metrics)  # train/*, as last written to the loggers
             metrics.update(to_float_dict(trainer.callback_metrics))
+            # After callback_metrics, whose train/loss is that of the last *logging* step (step 0
+            # in a run shorter than trainer.log_every_n_steps): train/* of the last step taken.
+            metrics.update(module.final_train_metrics())
             fit_ckpts = checkpoint_paths(trainer)
         train_seconds = time.perf_counter() - t0
         if cfg.get("test", True):
@@ -219,7 +231,7 @@ def _train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
             trainer.test(module, datamodule=datamodule, ckpt_path=test_ckpt)
             metrics.update(to_float_dict(trainer.callback_metrics))
     except BaseException as err:
-        status = f"failed: {type(err).__name__}: {err}"
+        status = run_status(err)
         raise
     finally:
         trainer = objects.get("trainer")

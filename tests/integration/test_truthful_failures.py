@@ -140,3 +140,51 @@ def test_a_second_run_in_a_held_run_directory_is_refused_naming_the_holder(
     with caplog.at_level("WARNING", logger="vaelab.runlock"), run_dir_lock(run):
         pass
     assert f"pid {holder.pid}" in caplog.text and "no longer running" in caplog.text
+
+
+def test_a_diverging_run_ends_diverged_with_its_step_and_a_hint(
+    fake_mnist: Path, tmp_path: Path
+) -> None:
+    # Issue 26 case 9. Before: optimizer.lr=1e6 ended `status: ok` with test/nll 9.4e17 (a
+    # finite blow-up never tripped the NaN stop).
+    from vaelab.callbacks.divergence import DivergedError
+
+    cfg = compose_train(
+        ["optimizer.lr=1e6", "trainer.max_epochs=2", "trainer.limit_train_batches=8"],
+        tmp_path,
+        fake_mnist,
+    )
+    with pytest.raises(DivergedError, match=r"diverged at global step \d+ .*Lower the learning"):
+        train(cfg)
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["status"].startswith("diverged: training diverged at global step ")
+    assert "optimizer.lr=1e+06" in metrics["status"]
+    assert "test/nll" not in metrics  # no figures of a diverged model are reported as results
+
+
+def test_a_sane_run_is_not_diverged_and_reports_its_last_steps_train_figures(
+    fake_mnist: Path, tmp_path: Path
+) -> None:
+    # Issue 26 case 9. Before: in a run shorter than trainer.log_every_n_steps (50), metrics.json's
+    # train/* were step 0's (the last *logged* step), not the last step's.
+    cfg = compose_train(
+        [
+            "trainer.max_epochs=2",
+            "trainer.limit_train_batches=4",
+            "test=false",
+            "~callbacks.images",
+            "+callbacks.loss_per_step._target_=tests.integration.test_train.LossPerStep",
+        ],
+        tmp_path,
+        fake_mnist,
+    )
+    _, objects = train(cfg)
+    (recorder,) = [c for c in objects["callbacks"] if type(c).__name__ == "LossPerStep"]
+    assert sorted(recorder.loss) == list(range(8))
+    saved = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert saved["status"] == "ok"
+    assert saved["train/loss"] == pytest.approx(recorder.loss[7], rel=1e-6)
+    assert saved["train/loss"] != pytest.approx(recorder.loss[0], rel=1e-6)
+    assert -saved["train/elbo"] == pytest.approx(
+        saved["train/rate"] + saved["train/distortion"], rel=1e-5
+    )
