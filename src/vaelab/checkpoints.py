@@ -21,6 +21,7 @@ import contextlib
 import errno
 import glob
 import logging
+import math
 import os
 import pickle
 import re
@@ -344,6 +345,53 @@ def checkpoint_paths(trainer: Any) -> dict[str, str]:
     return {"best": best, "last": last}
 
 
+def finite_checkpoint_note(trainer: Any) -> str:
+    """What a run stopped by a non-finite value still has: a checkpoint that *evaluates* finite, or
+    a plain statement that none does, and ``last.ckpt`` (finite weights, the resume point).
+
+    Finite weights are not enough: weights of 1e30 (``optimizer.lr=1e30``) are finite, and their
+    test NLL is infinite. A checkpoint of a monitored ``ModelCheckpoint`` (the best by ``val/nll``)
+    was written right after its validation with exactly its weights; it is named when that
+    recorded figure is finite, the file exists and its weights are finite.
+    """
+    found: tuple[float, str, str] | None = None
+    for cb in getattr(trainer, "checkpoint_callbacks", None) or []:
+        monitor = getattr(cb, "monitor", None)
+        if monitor is None:
+            continue
+        sign = -1.0 if getattr(cb, "mode", "min") == "max" else 1.0
+        for path, score in (getattr(cb, "best_k_models", None) or {}).items():
+            value = float(score)
+            if not math.isfinite(value) or not Path(path).is_file():
+                continue
+            if found is not None and sign * value >= sign * found[0]:
+                continue
+            try:
+                weights = read_checkpoint(path, mmap=True)["state_dict"]
+            except CheckpointError:
+                continue
+            if not non_finite_weights(weights):
+                found = (value, str(path), str(monitor))
+    last = checkpoint_paths(trainer)["last"]
+    if found is not None:
+        value, path, monitor = found
+        note = (
+            f"A checkpoint that evaluates finite: {path} ({monitor} = {value:.6g} when it was "
+            f"written); vaelab-eval ckpt_path={path}."
+        )
+    else:
+        note = (
+            "No checkpoint of this run evaluates finite (none has a finite validation figure): "
+            "start afresh."
+        )
+    if last:
+        note += (
+            f" The last good checkpoint (finite weights, to resume from) is kept: {last}; "
+            "its figures are not checked."
+        )
+    return note
+
+
 # -- which run a resume continues ------------------------------------------------------------------
 #: Config sections that must be equal for a resume (the run's model, data, objective and optimizer).
 RESUME_KEYS = ("seed", "model", "data", "optimizer", "scheduler", "module")
@@ -551,6 +599,7 @@ __all__ = [
     "config_differences",
     "device_of",
     "find_resume_checkpoint",
+    "finite_checkpoint_note",
     "job_identity_differences",
     "non_finite_weights",
     "read_checkpoint",

@@ -922,10 +922,9 @@ class GenerativeModule(L.LightningModule):
         when: str = "before the optimizer step, so no weights changed",
         step: int | None = None,
     ) -> None:
-        from vaelab.checkpoints import checkpoint_paths
+        from vaelab.checkpoints import finite_checkpoint_note
 
-        kept = checkpoint_paths(self.trainer)["last"]
-        last = f" The last good checkpoint is kept: {kept}." if kept else ""
+        last = f" {finite_checkpoint_note(self.trainer)}"
         raise NonFiniteError(
             f"{what} at global step {self.global_step if step is None else step} (epoch "
             f"{self.current_epoch}); training "

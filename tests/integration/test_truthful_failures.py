@@ -9,7 +9,9 @@ import errno
 import json
 from pathlib import Path
 
+import lightning as L
 import pytest
+import torch
 
 from tests.conftest import compose_train
 from vaelab.checkpoints import read_checkpoint
@@ -188,3 +190,51 @@ def test_a_sane_run_is_not_diverged_and_reports_its_last_steps_train_figures(
     assert -saved["train/elbo"] == pytest.approx(
         saved["train/rate"] + saved["train/distortion"], rel=1e-5
     )
+
+
+class BlowUpThenNaN(L.Callback):
+    """Weights x 1e30 before epoch 1's validation (finite, but every figure overflows), then a NaN
+    loss at epoch 2: what optimizer.lr=1e30 does, in two deterministic steps."""
+
+    def on_validation_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        if trainer.current_epoch == 1:
+            with torch.no_grad():
+                for p in module.parameters():
+                    p.mul_(1e30)
+
+    def on_train_batch_start(self, trainer: L.Trainer, module: L.LightningModule, *_) -> None:
+        if trainer.current_epoch == 2:
+            with torch.no_grad():
+                next(module.parameters()).view(-1)[0] = float("nan")
+
+
+def test_the_checkpoint_named_after_a_nan_stop_evaluates_finite(
+    fake_mnist: Path, tmp_path: Path
+) -> None:
+    # Issue 26 case 10. Before: "The last good checkpoint is kept: .../last.ckpt", whose weights
+    # were 1e30: vaelab-eval on it gave test/nll = inf.
+    import re
+
+    from tests.helpers.training import extra_callbacks
+    from tests.integration.test_checkpoint_safety import eval_config
+    from vaelab.eval import NonFiniteResultError, evaluate
+    from vaelab.lit import NonFiniteError
+
+    cfg = compose_train(
+        ["trainer.max_epochs=4", "~callbacks.images", "~callbacks.divergence"],
+        tmp_path,
+        fake_mnist,
+    )
+    with extra_callbacks(BlowUpThenNaN()), pytest.raises(NonFiniteError) as info:
+        train(cfg)
+    message = str(info.value)
+    named = re.search(r"A checkpoint that evaluates finite: (\S+) \(val/nll = ", message)
+    assert named is not None, message
+    assert Path(named.group(1)).name == "best-epoch000.ckpt"
+    metrics, _ = evaluate(eval_config(Path(named.group(1)), tmp_path / "e1", fake_mnist))
+    assert 0 < metrics["test/nll"] < 1e4
+    # last.ckpt (epoch 1, finite weights) is still kept to resume from, but not called usable.
+    last = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    assert f"kept: {last}; its figures are not checked" in message
+    with pytest.raises(NonFiniteResultError):
+        evaluate(eval_config(last, tmp_path / "e2", fake_mnist))
