@@ -27,6 +27,7 @@ from hydra.utils import instantiate
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
+from vaelab.callbacks.eval_progress import EvaluationProgressLog
 from vaelab.checkpoints import (
     AtomicCheckpointIO,
     CheckpointError,
@@ -34,6 +35,7 @@ from vaelab.checkpoints import (
     read_checkpoint,
 )
 from vaelab.config import config_dir, register_resolvers
+from vaelab.evaluation.stop import check_num_samples, stop_on_sigterm, stopped_from
 from vaelab.runlock import run_dir_lock
 from vaelab.utils import print_summary, to_float_dict, write_metrics
 
@@ -66,6 +68,7 @@ def _evaluate(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     objects: dict[str, Any] = {}
     trust = bool(cfg.get("trust_checkpoint", False))
     try:
+        check_num_samples(cfg.eval.num_samples, "eval.num_samples", minimum=1)
         ckpt = read_checkpoint(ckpt_path, trust=trust)
         if "vaelab_config" not in ckpt:
             raise CheckpointError(
@@ -95,14 +98,18 @@ def _evaluate(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
             instantiate(c) for c in (cfg.get("logger") or {}).values() if c and "_target_" in c
         ]
         trainer: L.Trainer = instantiate(
-            cfg.trainer, logger=loggers or False, plugins=[AtomicCheckpointIO(trust=trust)]
+            cfg.trainer,
+            logger=loggers or False,
+            plugins=[AtomicCheckpointIO(trust=trust)],
+            callbacks=[EvaluationProgressLog()],  # log lines with a time estimate
         )
         objects = {"trainer": trainer, "module": module, "datamodule": datamodule}
         if cfg.eval.split == "val":
             datamodule.test_dataloader = datamodule.val_dataloader  # evaluate the held-out split
         elif cfg.eval.split != "test":
             raise ValueError(f"eval.split must be 'test' or 'val', got {cfg.eval.split!r}")
-        trainer.test(module, datamodule=datamodule, ckpt_path=ckpt_path)
+        with stop_on_sigterm():  # SIGTERM stops L_k at its next chunk, not after the batch
+            trainer.test(module, datamodule=datamodule, ckpt_path=ckpt_path)
         metrics = to_float_dict(trainer.callback_metrics)
         if cfg.eval.split == "val":
             metrics = {k.replace("test/", "val/", 1): v for k, v in metrics.items()}
@@ -114,6 +121,10 @@ def _evaluate(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
                 "run's, and evaluate an earlier checkpoint)"
             )
     except BaseException as err:
+        stopped = stopped_from(err)  # Lightning's SIGTERMException would exit with status 0
+        if stopped is not None and stopped is not err:
+            status = f"failed: {type(stopped).__name__}: {stopped}"
+            raise stopped from err
         status = f"failed: {type(err).__name__}: {err}"
         raise
     finally:
@@ -126,7 +137,7 @@ def _evaluate(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
                     metrics,
                     status=status,
                     checkpoint=ckpt_path,
-                    num_samples=int(cfg.eval.num_samples),
+                    num_samples=_int_or_none(cfg.eval.num_samples),
                     split=str(cfg.eval.split),
                     epoch=ckpt.get("epoch"),
                     global_step=ckpt.get("global_step"),
@@ -142,6 +153,13 @@ def _evaluate(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
             {"checkpoint": ckpt_path, "metrics": str(out_dir / "metrics.json")},
         )
     return metrics, objects
+
+
+def _int_or_none(value: Any) -> int | None:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
 
 
 register_resolvers()

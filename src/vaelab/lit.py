@@ -38,6 +38,7 @@ from vaelab.evaluation import (
     full_precision,
     has_bits_per_dim,
 )
+from vaelab.evaluation.stop import check_num_samples
 from vaelab.graphs import CudaGraphBackend, EagerStand, GraphedStep
 from vaelab.models.base import GenerativeModel, LatentVariableModel, Terms
 
@@ -286,8 +287,9 @@ class GenerativeModule(L.LightningModule):
                 f"scheduler_interval must be 'epoch' or 'step', got {scheduler_interval!r}"
             )
         self.scheduler_interval = scheduler_interval
-        self.val_num_samples = int(val_num_samples)
-        self.test_num_samples = int(test_num_samples)
+        # Refused naming the keys (-1 ended ok with no test/nll); 0 is allowed: no L_k.
+        self.val_num_samples = check_num_samples(val_num_samples, "eval.val_num_samples", 0)
+        self.test_num_samples = check_num_samples(test_num_samples, "eval.num_samples", 0)
         self.data_kind = data_kind
         self.eval_seed = int(eval_seed)
         self.active_units = bool(active_units)

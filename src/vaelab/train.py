@@ -36,6 +36,7 @@ from vaelab.checkpoints import (
 )
 from vaelab.config import config_dir, register_resolvers
 from vaelab.distributed import hydra_ddp_jobs
+from vaelab.evaluation.stop import stop_on_sigterm
 from vaelab.lit import GenerativeModule
 from vaelab.loggers import continue_wandb_runs, finish_loggers, is_wandb_logger_config
 from vaelab.runlock import run_dir_lock
@@ -228,7 +229,8 @@ def _train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
             test_ckpt = best or (None if cfg.get("train", True) else ckpt_path)
             if best:
                 log.info("Testing the best checkpoint %s", best)
-            trainer.test(module, datamodule=datamodule, ckpt_path=test_ckpt)
+            with stop_on_sigterm():  # SIGTERM stops L_k at its next chunk
+                trainer.test(module, datamodule=datamodule, ckpt_path=test_ckpt)
             metrics.update(to_float_dict(trainer.callback_metrics))
     except BaseException as err:
         status = run_status(err)

@@ -238,3 +238,86 @@ def test_the_checkpoint_named_after_a_nan_stop_evaluates_finite(
     assert f"kept: {last}; its figures are not checked" in message
     with pytest.raises(NonFiniteResultError):
         evaluate(eval_config(last, tmp_path / "e2", fake_mnist))
+
+
+@pytest.fixture(scope="module")
+def tiny_last(fake_mnist: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    tmp = tmp_path_factory.mktemp("tiny")
+    train(compose_train(["test=false", "~callbacks.images"], tmp, fake_mnist))
+    return tmp / "run" / "checkpoints" / "last.ckpt"
+
+
+@pytest.mark.parametrize("k", ["-1", "0", "abc"])
+def test_eval_refuses_a_non_positive_k_naming_the_key(
+    k: str, tiny_last: Path, fake_mnist: Path, tmp_path: Path
+) -> None:
+    # Issue 26 case 11. Before: eval.num_samples=-1 ended `ok` with no test/nll.
+    from tests.integration.test_checkpoint_safety import eval_config
+    from vaelab.eval import evaluate
+
+    cfg = eval_config(tiny_last, tmp_path, fake_mnist, f"eval.num_samples={k}")
+    with pytest.raises(ValueError, match=r"eval\.num_samples=.* must be a positive integer"):
+        evaluate(cfg)
+    status = json.loads((tmp_path / "metrics.json").read_text())["status"]
+    assert status.startswith("failed: ValueError: eval.num_samples=")
+
+
+def test_sigterm_stops_a_long_evaluation_within_seconds(
+    tiny_last: Path, fake_mnist: Path, tmp_path: Path
+) -> None:
+    # Issue 26 case 11. Before: eval.num_samples=100000000 ignored SIGTERM (Lightning checks it
+    # between batches only, and one batch never ended) and grew to 17 GB.
+    import _thread
+    import os
+    import signal
+    import threading
+    import time
+
+    from tests.integration.test_checkpoint_safety import eval_config
+    from vaelab.eval import evaluate
+    from vaelab.evaluation.stop import EvaluationStopped
+
+    def absorb(signum, frame) -> None:  # a SIGTERM outside the evaluation must not end pytest
+        pass
+
+    sent: list[float] = []
+    done = threading.Event()
+    original = signal.signal(signal.SIGTERM, absorb)
+
+    def terminate_once_evaluating() -> None:
+        while signal.getsignal(signal.SIGTERM) is absorb and not done.is_set():
+            time.sleep(0.05)  # until evaluation puts its handlers in place
+        time.sleep(1.0)
+        sent.append(time.monotonic())
+        os.kill(os.getpid(), signal.SIGTERM)
+        if not done.wait(60):  # the old code never stopped: end the test, not the suite
+            _thread.interrupt_main()
+
+    watcher = threading.Thread(target=terminate_once_evaluating, daemon=True)
+    cfg = eval_config(tiny_last, tmp_path, fake_mnist, "eval.num_samples=100000000")
+    try:
+        watcher.start()
+        with pytest.raises(EvaluationStopped, match="stopped by SIGTERM"):
+            evaluate(cfg)
+        stopped = time.monotonic()
+    finally:
+        done.set()
+        watcher.join()
+        signal.signal(signal.SIGTERM, original)
+    assert stopped - sent[0] < 10.0
+    status = json.loads((tmp_path / "metrics.json").read_text())["status"]
+    assert status.startswith("failed: EvaluationStopped: evaluation stopped by SIGTERM")
+
+
+def test_a_test_pass_logs_its_progress_with_a_time_estimate(
+    tiny_last: Path, fake_mnist: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Issue 25/26. Before: the test pass printed nothing when the output was not a terminal.
+    from tests.integration.test_checkpoint_safety import eval_config
+    from vaelab.eval import evaluate
+
+    with caplog.at_level("INFO", logger="vaelab.callbacks.eval_progress"):
+        evaluate(eval_config(tiny_last, tmp_path, fake_mnist))  # 200 test images, 2 batches
+    lines = [r.getMessage() for r in caplog.records if r.name.endswith("eval_progress")]
+    assert lines and lines[0].startswith("test: 1/2 batches (50 %), ")
+    assert "elapsed, about " in lines[0] and lines[0].endswith("left (k = 5)")
