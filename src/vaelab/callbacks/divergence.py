@@ -75,7 +75,10 @@ class DivergenceStop(L.Callback):
             return
         bpd = pixel_bits_per_dim(nll, dims, kind) if math.isfinite(nll) else nll
         bound = self.factor * uniform_bits_per_dim(kind)
-        if math.isfinite(bpd) and bpd <= bound:
+        bad = not (math.isfinite(bpd) and bpd <= bound)
+        if trainer.world_size > 1:  # train/* are each rank's own: stop all ranks or none
+            bad = trainer.strategy.reduce_boolean_decision(bad, all=False)
+        if not bad:
             return
         lr = ""
         if trainer.optimizers:
