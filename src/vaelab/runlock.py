@@ -65,6 +65,17 @@ def _dead_here(holder: dict[str, Any]) -> bool:
     return False
 
 
+def _rank() -> int:
+    """This process's global rank as Lightning reads it (``rank_zero_only.rank``); 0 without
+    any rank variable set, without importing Lightning (this module stays stdlib-only)."""
+    names = ("RANK", "LOCAL_RANK", "SLURM_PROCID", "JSM_NAMESPACE_RANK")
+    if all(os.environ.get(n, "0") in ("", "0") for n in names):
+        return 0
+    from lightning.pytorch.utilities import rank_zero_only
+
+    return int(rank_zero_only.rank)
+
+
 @contextlib.contextmanager
 def run_dir_lock(folder: str | os.PathLike[str]) -> Iterator[Path]:
     """Hold ``folder``'s run lock while the block runs (only process rank 0 of a DDP run locks).
@@ -74,10 +85,8 @@ def run_dir_lock(folder: str | os.PathLike[str]) -> Iterator[Path]:
     """
     import fcntl
 
-    from lightning.pytorch.utilities import rank_zero_only
-
     folder = Path(folder)
-    if rank_zero_only.rank != 0:  # DDP children run in their rank 0's folder
+    if _rank() != 0:  # DDP children run in their rank 0's folder
         yield folder / LOCK_NAME
         return
     folder.mkdir(parents=True, exist_ok=True)

@@ -100,9 +100,12 @@ def test_a_full_disk_during_a_checkpoint_save_is_named_and_recorded_truthfully(
 
 
 HOLD_RUN_DIR = """
-import sys
-from vaelab.runlock import run_dir_lock
-with run_dir_lock(sys.argv[1]):
+import importlib.util, sys
+# vaelab.runlock is stdlib-only: loaded by path, so the holder starts without importing torch.
+spec = importlib.util.spec_from_file_location("runlock", sys.argv[2])
+runlock = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(runlock)
+with runlock.run_dir_lock(sys.argv[1]):
     print("held", flush=True)
     sys.stdin.read()
 """
@@ -117,11 +120,12 @@ def test_a_second_run_in_a_held_run_directory_is_refused_naming_the_holder(
     import subprocess
     import sys
 
+    import vaelab.runlock
     from vaelab.runlock import run_dir_lock
 
     run = tmp_path / "run"
     holder = subprocess.Popen(
-        [sys.executable, "-c", HOLD_RUN_DIR, str(run)],
+        [sys.executable, "-c", HOLD_RUN_DIR, str(run), vaelab.runlock.__file__],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
