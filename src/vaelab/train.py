@@ -118,8 +118,8 @@ def resolve_ckpt_path(cfg: DictConfig, run_config: dict[str, Any] | None = None)
     objective and optimizer config equals this run's; under ``--multirun``, only one of this job
     (the same values of the keys the job sets, swept ones included; the same job number first),
     and a job with none starts afresh, so re-running an interrupted sweep resumes each job that
-    had started and never another job's checkpoint. A path -> that file, refused if its config differs (unless
-    ``resume_strict=false``). Checkpoints are read weights-only (``trust_checkpoint=true`` to opt
+    had started and never another job's checkpoint. A path -> that file, refused if its config
+    differs (unless ``resume_strict=false``). Checkpoints are read weights-only (``trust_checkpoint=true`` to opt
     out for a file you trust).
 
     Raises:
