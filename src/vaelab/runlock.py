@@ -6,7 +6,9 @@ be lost while both end ``ok``. :func:`run_dir_lock` takes ``fcntl.flock`` on a l
 folder: the second run is refused at once with a :class:`RunDirBusyError` naming the holder (pid,
 host, start time, command). The kernel drops the lock when its process ends however it ends
 (``kill -9`` included), so a lock file left by a dead run is no obstacle: it is taken over, and the
-log notes whose it was.
+log notes whose it was. On the command line the lock is taken by a Hydra callback
+(:class:`RunDirLockCallback`) before Hydra writes into the folder. This module imports only the
+standard library and Hydra (no torch), so it loads in a fraction of a second.
 """
 
 from __future__ import annotations
@@ -22,9 +24,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from hydra.experimental.callback import Callback as HydraCallback
+
 log = logging.getLogger(__name__)
 
 LOCK_NAME = ".vaelab.lock"
+_HELD: set[str] = set()  # folders this process holds (run_dir_lock is re-entrant)
 
 
 class RunDirBusyError(RuntimeError):
@@ -67,7 +72,7 @@ def _dead_here(holder: dict[str, Any]) -> bool:
 
 def _rank() -> int:
     """This process's global rank as Lightning reads it (``rank_zero_only.rank``); 0 without
-    any rank variable set, without importing Lightning (this module stays stdlib-only)."""
+    any rank variable set, without importing Lightning (this module stays light)."""
     names = ("RANK", "LOCAL_RANK", "SLURM_PROCID", "JSM_NAMESPACE_RANK")
     if all(os.environ.get(n, "0") in ("", "0") for n in names):
         return 0
@@ -86,7 +91,8 @@ def run_dir_lock(folder: str | os.PathLike[str]) -> Iterator[Path]:
     import fcntl
 
     folder = Path(folder)
-    if _rank() != 0:  # DDP children run in their rank 0's folder
+    key = str(folder.absolute())
+    if _rank() != 0 or key in _HELD:  # DDP children; or this process holds it already
         yield folder / LOCK_NAME
         return
     folder.mkdir(parents=True, exist_ok=True)
@@ -121,9 +127,11 @@ def run_dir_lock(folder: str | os.PathLike[str]) -> Iterator[Path]:
         }
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps(me).encode(), 0)
+        _HELD.add(key)
         try:
             yield path
         finally:
+            _HELD.discard(key)
             # Emptied, not removed: removing it would let a waiting opener lock a dead inode.
             with contextlib.suppress(OSError):
                 os.ftruncate(fd, 0)
@@ -132,4 +140,44 @@ def run_dir_lock(folder: str | os.PathLike[str]) -> Iterator[Path]:
         os.close(fd)
 
 
-__all__ = ["LOCK_NAME", "RunDirBusyError", "run_dir_lock"]
+class RunDirLockCallback(HydraCallback):
+    """Hydra callback (``conf/hydra/default.yaml``): the run directory's lock is taken *before*
+    Hydra writes anything there (``.hydra/config.yaml``, ``overrides.yaml``, the job's log), in
+    ``on_run_start``, and held until ``on_run_end``; under ``--multirun`` the sweep directory's.
+    Without it a refused second run would still have overwritten the first run's ``.hydra/``
+    files. The entry points (``vaelab.train.train``, ``vaelab.eval.evaluate``) take the same lock
+    again (re-entrant), which covers calls from Python.
+    """
+
+    def __init__(self) -> None:
+        self._held: contextlib.ExitStack | None = None
+
+    def _take(self, folder: Any) -> None:
+        stack = contextlib.ExitStack()
+        try:
+            stack.enter_context(run_dir_lock(str(folder)))
+        except RunDirBusyError as err:
+            # Hydra turns a callback's Exception into a warning and runs the job anyway:
+            # SystemExit ends the command here (exit status 1, the message on stderr).
+            raise SystemExit(f"Error: {err}") from err
+        self._held = stack
+
+    def _release(self) -> None:
+        if self._held is not None:
+            self._held.close()
+            self._held = None
+
+    def on_run_start(self, config: Any, **kwargs: Any) -> None:
+        self._take(config.hydra.run.dir)
+
+    def on_run_end(self, config: Any, **kwargs: Any) -> None:
+        self._release()
+
+    def on_multirun_start(self, config: Any, **kwargs: Any) -> None:
+        self._take(config.hydra.sweep.dir)
+
+    def on_multirun_end(self, config: Any, **kwargs: Any) -> None:
+        self._release()
+
+
+__all__ = ["LOCK_NAME", "RunDirBusyError", "RunDirLockCallback", "run_dir_lock"]

@@ -101,7 +101,7 @@ def test_a_full_disk_during_a_checkpoint_save_is_named_and_recorded_truthfully(
 
 HOLD_RUN_DIR = """
 import importlib.util, sys
-# vaelab.runlock is stdlib-only: loaded by path, so the holder starts without importing torch.
+# vaelab.runlock imports no torch: loaded by path, the holder starts in a fraction of a second.
 spec = importlib.util.spec_from_file_location("runlock", sys.argv[2])
 runlock = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(runlock)
@@ -140,6 +140,18 @@ def test_a_second_run_in_a_held_run_directory_is_refused_naming_the_holder(
         assert "hydra.run.dir" in str(info.value)
         assert json.loads((run / "metrics.json").read_text())["the first run"] == 1
         assert not (run / "checkpoints").exists()
+        # The command line is refused before Hydra writes .hydra/ or the job's log there.
+        from tests.helpers.workflow import cli_env, run_cli
+
+        r = run_cli(
+            ["vaelab-train", f"hydra.run.dir={run}", f"paths.data_dir={fake_mnist}"],
+            env=cli_env(tmp_path),
+            cwd=tmp_path,
+            check=False,
+        )
+        assert r.returncode == 1
+        assert f"in use by another vaelab run (pid {holder.pid} on host" in r.stderr
+        assert sorted(p.name for p in run.iterdir()) == [".vaelab.lock", "metrics.json"]
     finally:
         holder.kill()  # kill -9: the kernel releases the lock, the lock file stays
         holder.wait()
