@@ -93,7 +93,10 @@ class DivergenceStop(L.Callback):
         )
 
     def _check_train(self, trainer: L.Trainer, module: Any, final: bool = False) -> None:
-        values = module.final_train_metrics() if final else module.last_train_metrics
+        # GenerativeModule's last logged train/* (floats, no device sync), or the last step's.
+        values = (
+            module.final_train_metrics() if final else getattr(module, "last_train_metrics", {})
+        )
         if not self.check_train or "train/elbo" not in values:
             return
         if not final and values is self._seen:
