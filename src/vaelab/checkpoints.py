@@ -21,12 +21,16 @@
 from __future__ import annotations
 
 import contextlib
+import errno
+import glob
 import json
 import logging
+import math
 import os
 import pickle
 import re
 import secrets
+import shutil
 import socket
 import zipfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -178,23 +182,99 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+class DiskFullError(OSError):
+    """A write failed because its filesystem is full (or the user's quota is spent): the message
+    names the device and the file; the file's previous version, if any, is untouched."""
+
+
+#: errnos that mean "the filesystem has no room for this write".
+_NO_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
+def device_of(path: str | os.PathLike[str]) -> str:
+    """``/dev/sda1 (mounted at /work)`` for a path on that filesystem (the mount point alone
+    where ``/proc/mounts`` is not readable)."""
+    p = Path(path).absolute()
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    mount = p
+    while not os.path.ismount(mount) and mount != mount.parent:
+        mount = mount.parent
+    source = ""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/mounts").read_text().splitlines():
+            fields = line.split()
+            if len(fields) >= 2 and fields[1] == str(mount):
+                source = fields[0]  # the last mount at that point wins
+    return f"{source} (mounted at {mount})" if source else str(mount)
+
+
+def _write_error(err: BaseException, path: Path) -> BaseException | None:
+    """A :class:`DiskFullError` naming the device and ``path`` if ``err`` is an out-of-space
+    error, else None."""
+    if isinstance(err, OSError) and err.errno in _NO_SPACE:
+        free = ""
+        with contextlib.suppress(OSError):
+            free = f", {shutil.disk_usage(path.parent).free / 2**20:.1f} MiB free"
+        return DiskFullError(
+            err.errno,
+            f"no space left on {device_of(path.parent)} writing {path} ({os.strerror(err.errno)}"
+            f"{free}); the previous {path.name}, if any, is kept. Free some space (or point "
+            "paths.log_dir / paths.output_dir at another disk) and run again",
+        )
+    return None
+
+
+class _RecordingWriter:
+    """The temp file as handed to ``write``: remembers the first ``OSError`` of a write, which
+    ``torch.save``'s zip writer swallows (it raises ``RuntimeError: [enforce fail at
+    inline_container.cc] unexpected pos ...`` instead)."""
+
+    def __init__(self, f: IO[bytes]) -> None:
+        self._f = f
+        self.error: OSError | None = None
+
+    def write(self, data: Any) -> int:
+        try:
+            return self._f.write(data)
+        except OSError as err:
+            self.error = self.error or err
+            raise
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._f, name)
+
+
 def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], Any]) -> Path:
     """Write ``path`` atomically: ``write(f)`` into a temp file in the same folder, flush, fsync,
-    ``os.replace``. On any failure the temp file is removed and the old ``path`` is untouched."""
+    ``os.replace``. On any failure the temp file is removed and the old ``path`` is untouched.
+
+    Raises:
+        DiskFullError: the filesystem is full (or the quota spent): "no space left on <device>
+            writing <path>", whatever form the writer gave the error (``torch.save`` turns it into
+            a ``RuntimeError``).
+    """
     path = Path(path)
     folder = path.parent
     folder.mkdir(parents=True, exist_ok=True)
     clean_partial_files(folder)
     tmp = folder / f".vaelab-partial~{socket.gethostname()}~{os.getpid()}~{secrets.token_hex(4)}"
+    writer: _RecordingWriter | None = None
     try:
         with open(tmp, "xb") as f:
-            write(f)
+            writer = _RecordingWriter(f)
+            write(writer)  # type: ignore[arg-type]
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         with contextlib.suppress(OSError):
             tmp.unlink()
+        full = _write_error(err, path)
+        if full is None and writer is not None and writer.error is not None:
+            full = _write_error(writer.error, path)
+        if full is not None:
+            raise full from err
         raise
     _fsync_dir(folder)
     return path
@@ -241,22 +321,90 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         return read_checkpoint(path, trust=self.trust)
 
 
+def _existing_checkpoint(cb: Any, path: str) -> str:
+    """``path`` if that file exists, else the newest existing file the callback ``cb`` wrote
+    (its folder, its file name up to the first ``{``), else "". A save that failed (a full disk)
+    leaves the callback naming a file that was never written; the previous one is still there."""
+    if not path or Path(path).is_file():
+        return path
+    folder = getattr(cb, "dirpath", None)
+    if not folder or not Path(folder).is_dir():
+        return ""
+    stem = str(getattr(cb, "filename", None) or "").split("{")[0] or Path(path).stem.split("-")[0]
+    files = [
+        p
+        for p in Path(folder).glob(f"{glob.escape(stem)}*{getattr(cb, 'FILE_EXTENSION', '.ckpt')}")
+        if p.is_file()
+    ]
+    return str(max(files, key=lambda p: p.stat().st_mtime)) if files else ""
+
+
 def checkpoint_paths(trainer: Any) -> dict[str, str]:
     """``{"best": ..., "last": ...}`` paths written so far by the trainer's ModelCheckpoints ("")
 
     ``best``: the best checkpoint of the first callback with a monitor; ``last``: ``last.ckpt``,
     whether written by ``save_last`` or by a monitor-less callback named ``last``
-    (``conf/callbacks/model_checkpoint.yaml``).
+    (``conf/callbacks/model_checkpoint.yaml``). Only files that exist: after a failed save the
+    callback's previous file is named instead of the one it could not write.
     """
     best = last = ""
     for cb in getattr(trainer, "checkpoint_callbacks", None) or []:
         path = getattr(cb, "best_model_path", "") or ""
         if getattr(cb, "monitor", None) is None and path and Path(path).stem == "last":
-            last = last or path
-        else:
-            best = best or path
-        last = last or (getattr(cb, "last_model_path", "") or "")
+            last = last or _existing_checkpoint(cb, path)
+        elif getattr(cb, "monitor", None) is not None or path:
+            best = best or _existing_checkpoint(cb, path)
+        saved_last = getattr(cb, "last_model_path", "") or ""
+        if saved_last and Path(saved_last).is_file():
+            last = last or saved_last
     return {"best": best, "last": last}
+
+
+def finite_checkpoint_note(trainer: Any) -> str:
+    """What a run stopped by a non-finite value still has: a checkpoint that *evaluates* finite, or
+    a plain statement that none does, and ``last.ckpt`` (finite weights, the resume point).
+
+    Finite weights are not enough: weights of 1e30 (``optimizer.lr=1e30``) are finite, and their
+    test NLL is infinite. A checkpoint of a monitored ``ModelCheckpoint`` (the best by ``val/nll``)
+    was written right after its validation with exactly its weights; it is named when that
+    recorded figure is finite, the file exists and its weights are finite.
+    """
+    found: tuple[float, str, str] | None = None
+    for cb in getattr(trainer, "checkpoint_callbacks", None) or []:
+        monitor = getattr(cb, "monitor", None)
+        if monitor is None:
+            continue
+        sign = -1.0 if getattr(cb, "mode", "min") == "max" else 1.0
+        for path, score in (getattr(cb, "best_k_models", None) or {}).items():
+            value = float(score)
+            if not math.isfinite(value) or not Path(path).is_file():
+                continue
+            if found is not None and sign * value >= sign * found[0]:
+                continue
+            try:
+                weights = read_checkpoint(path, mmap=True)["state_dict"]
+            except CheckpointError:
+                continue
+            if not non_finite_weights(weights):
+                found = (value, str(path), str(monitor))
+    last = checkpoint_paths(trainer)["last"]
+    if found is not None:
+        value, path, monitor = found
+        note = (
+            f"A checkpoint that evaluates finite: {path} ({monitor} = {value:.6g} when it was "
+            f"written); vaelab-eval ckpt_path={path}."
+        )
+    else:
+        note = (
+            "No checkpoint of this run evaluates finite (none has a finite validation figure): "
+            "start afresh."
+        )
+    if last:
+        note += (
+            f" The last good checkpoint (finite weights, to resume from) is kept: {last}; "
+            "its figures are not checked."
+        )
+    return note
 
 
 # -- which run a resume continues ------------------------------------------------------------------
@@ -333,16 +481,84 @@ def stored_job_num(ckpt: Mapping[str, Any]) -> int | None:
     return int(num) if num is not None else None
 
 
+#: Keys a re-run sweep may change for all its jobs without changing which checkpoint is whose: where
+#: files go, how long to train, what to log and evaluate, how to resume.
+JOB_FREE = (
+    "ckpt_path",
+    "trust_checkpoint",
+    "resume_strict",
+    "paths",
+    "hydra",
+    "task_name",
+    "tags",
+    "train",
+    "test",
+    "eval",
+    "logger",
+    "callbacks",
+    "optimized_metric",
+    "trainer.max_epochs",
+    "trainer.max_steps",
+    "trainer.max_time",
+    "trainer.min_epochs",
+    "trainer.min_steps",
+    "trainer.enable_progress_bar",
+    "trainer.log_every_n_steps",
+    *RESUME_FREE,
+)
+
+
+def _override_key(override: str) -> str | None:
+    """``trainer.gradient_clip_val`` of ``+trainer.gradient_clip_val=1`` (None for a bare word)."""
+    key = override.split("=", 1)[0].strip().lstrip("+~")
+    key = key.split("@", 1)[0]  # group@package=option: the group
+    return key or None
+
+
+def _lookup(config: Mapping[str, Any], key: str) -> Any:
+    node: Any = config
+    for part in key.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+def job_identity_differences(
+    saved: Mapping[str, Any], current: Mapping[str, Any], job_overrides: Sequence[str]
+) -> list[tuple[str, Any, Any]]:
+    """The keys this sweep job sets on its command line (its swept values among them) whose value
+    in the checkpoint's stored config differs from this run's, minus :data:`JOB_FREE`.
+
+    A checkpoint of another job of the same sweep (``trainer.gradient_clip_val=0.01`` where this
+    job has ``100``) differs here even where :func:`config_differences` finds nothing.
+    """
+    out = []
+    for key in dict.fromkeys(k for k in map(_override_key, job_overrides) if k):
+        if any(key == f or key.startswith(f + ".") for f in JOB_FREE):
+            continue
+        a, b = _lookup(saved, key), _lookup(current, key)
+        if a != b:
+            out.append((key, a, b))
+    return out
+
+
 def find_resume_checkpoint(
     log_dir: str | os.PathLike[str],
     task_name: str,
     config: Mapping[str, Any],
     job_num: int | None = None,
     trust: bool = False,
+    job_overrides: Sequence[str] | None = None,
 ) -> tuple[Path | None, str]:
     """The ``last.ckpt`` that ``ckpt_path=last`` continues: the newest under ``log_dir/task_name``
-    whose stored config matches ``config`` (:func:`config_differences`); under a multirun, one
-    of the same job number first. Returns ``(path or None, why none matched)``.
+    whose stored config matches ``config`` (:func:`config_differences`).
+
+    Under a multirun (``job_overrides``: this job's command-line overrides, not None), only a
+    checkpoint of *this job* qualifies: one whose stored config also has this job's value of every
+    key the job sets (:func:`job_identity_differences`; so another job's checkpoint never does,
+    whatever the job numbers), the one of the same job number first. A job with none starts
+    afresh. Returns ``(path or None, why none matched)``.
 
     Raises:
         CheckpointError: a candidate newer than the chosen one (or than every candidate, when none
@@ -371,6 +587,13 @@ def find_resume_checkpoint(
             first_mismatch = first_mismatch or f"{p} holds no vaelab config"
             continue
         diffs = config_differences(saved, config)
+        if not diffs and job_overrides is not None:
+            diffs = job_identity_differences(saved, config, job_overrides)
+            if diffs:
+                first_mismatch = first_mismatch or (
+                    f"{p} is another sweep job's: {describe_differences(diffs)}"
+                )
+                continue
         if diffs:
             first_mismatch = first_mismatch or f"{p} differs: {describe_differences(diffs)}"
             continue
@@ -510,18 +733,23 @@ def load_run(
 
 
 __all__ = [
+    "JOB_FREE",
     "RESUME_FREE",
     "RESUME_KEYS",
     "TRUST_OPTION",
     "AtomicCheckpointIO",
     "CheckpointError",
+    "DiskFullError",
     "LoadedRun",
     "atomic_write",
     "atomic_write_text",
     "checkpoint_paths",
     "clean_partial_files",
     "config_differences",
+    "device_of",
     "find_resume_checkpoint",
+    "finite_checkpoint_note",
+    "job_identity_differences",
     "load_run",
     "non_finite_weights",
     "read_checkpoint",

@@ -28,8 +28,10 @@ from hydra.utils import instantiate
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig
 
+from vaelab.callbacks.eval_progress import EvaluationProgressLog
 from vaelab.checkpoints import AtomicCheckpointIO, load_run
 from vaelab.config import config_dir, register_resolvers
+from vaelab.stop import check_num_samples, stop_on_sigterm
 from vaelab.tasks import TaskRecord, metrics_path, task_wrapper
 from vaelab.training import quiet_lightning
 from vaelab.utils import print_summary, to_float_dict
@@ -49,6 +51,7 @@ def evaluate(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
         CheckpointError: the file is missing, corrupt, unsafe, not vaelab's, or its weights are
             not finite.
         NonFiniteResultError: a figure came out NaN or infinite (still written to metrics.json).
+        vaelab.runlock.RunDirBusyError: another live run holds the output folder.
     """
     metrics, objects = evaluate_checkpoint(cfg)
     trainer = objects["trainer"]
@@ -72,7 +75,7 @@ def evaluate_checkpoint(
     objects: dict[str, Any] = {}
     record.fields = lambda: {
         "checkpoint": ckpt_path,
-        "num_samples": int(cfg.eval.num_samples),
+        "num_samples": _int_or_none(cfg.eval.num_samples),
         "split": str(cfg.eval.split),
         "epoch": ckpt.get("epoch"),
         "global_step": ckpt.get("global_step"),
@@ -80,6 +83,7 @@ def evaluate_checkpoint(
     record.is_main = lambda: (
         (objects["trainer"].global_rank if objects.get("trainer") else rank_zero_only.rank) == 0
     )
+    check_num_samples(cfg.eval.num_samples, "eval.num_samples", minimum=1)
     trust = bool(cfg.get("trust_checkpoint", False))
     L.seed_everything(cfg.get("seed", 0), workers=True)
     run = load_run(ckpt_path, data_dir=cfg.eval.data_dir, trust=trust)
@@ -93,7 +97,10 @@ def evaluate_checkpoint(
     )
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c and "_target_" in c]
     trainer: L.Trainer = instantiate(
-        cfg.trainer, logger=loggers or False, plugins=[AtomicCheckpointIO(trust=trust)]
+        cfg.trainer,
+        logger=loggers or False,
+        plugins=[AtomicCheckpointIO(trust=trust)],
+        callbacks=[EvaluationProgressLog()],  # log lines with a time estimate
     )
     datamodule = run.datamodule
     objects.update(trainer=trainer, module=module, datamodule=datamodule)
@@ -103,7 +110,8 @@ def evaluate_checkpoint(
         raise ValueError(f"eval.split must be 'test' or 'val', got {cfg.eval.split!r}")
     # The weights are in run.model already (read weights-only): no ckpt_path, so Lightning does
     # not read the file a second time, nor warn that the run's training callbacks are missing.
-    trainer.test(module, datamodule=datamodule)
+    with stop_on_sigterm():  # SIGTERM stops L_k at its next chunk, not after the batch
+        trainer.test(module, datamodule=datamodule)
     metrics = to_float_dict(trainer.callback_metrics)
     if cfg.eval.split == "val":
         metrics = {k.replace("test/", "val/", 1): v for k, v in metrics.items()}
@@ -116,6 +124,13 @@ def evaluate_checkpoint(
             "run's, and evaluate an earlier checkpoint)"
         )
     return record.metrics, objects
+
+
+def _int_or_none(value: Any) -> int | None:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
 
 
 register_resolvers()

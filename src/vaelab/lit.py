@@ -23,12 +23,13 @@ import lightning as L
 import torch
 from torch import Tensor
 
-from vaelab.checkpoints import checkpoint_paths, non_finite_weights
+from vaelab.checkpoints import finite_checkpoint_note, non_finite_weights
 from vaelab.data.base import TensorImageDataModule
 from vaelab.data.loader import global_batch_index
 from vaelab.evaluation import ActiveUnitStatistic, MeanWithError, batch_figures, term_figures
 from vaelab.models.base import GenerativeModel, LatentVariableModel, Terms
 from vaelab.objectives import full_precision
+from vaelab.stop import check_num_samples
 from vaelab.training import (
     FastHookNames,
     StepBlocks,
@@ -50,6 +51,13 @@ SchedulerFactory = Callable[[torch.optim.Optimizer], Any]
 
 class NonFiniteError(FloatingPointError):
     """Training produced a NaN or infinite loss or gradient; training stops, checkpoints are kept."""
+
+
+def _to_floats(values: dict[str, Tensor]) -> dict[str, float]:
+    """One device-to-host copy for all of them (a NaN stays a NaN: it is reported, not dropped)."""
+    return dict(
+        zip(values, torch.stack([v.float() for v in values.values()]).tolist(), strict=True)
+    )
 
 
 class GenerativeModule(FastHookNames, L.LightningModule):
@@ -139,8 +147,9 @@ class GenerativeModule(FastHookNames, L.LightningModule):
                 f"scheduler_interval must be 'epoch' or 'step', got {scheduler_interval!r}"
             )
         self.scheduler_interval = scheduler_interval
-        self.val_num_samples = int(val_num_samples)
-        self.test_num_samples = int(test_num_samples)
+        # Refused naming the keys (-1 ended ok with no test/nll); 0 is allowed: no L_k.
+        self.val_num_samples = check_num_samples(val_num_samples, "eval.val_num_samples", 0)
+        self.test_num_samples = check_num_samples(test_num_samples, "eval.num_samples", 0)
         self.data_kind = data_kind
         self.eval_seed = int(eval_seed)
         self.active_units = bool(active_units)
@@ -151,6 +160,7 @@ class GenerativeModule(FastHookNames, L.LightningModule):
         self._au_stats = ActiveUnitStatistic()
         self.last_train_metrics: dict[str, float] = {}  # the last train/* values written
         self._last_logged_step = -1
+        self._last_step: tuple[int, Tensor, Terms] | None = None  # final_train_metrics
 
     # -- setup ---------------------------------------------------------------------------------
     def setup(self, stage: str) -> None:
@@ -228,6 +238,7 @@ class GenerativeModule(FastHookNames, L.LightningModule):
         terms = self.train_forward(x)
         loss = terms.loss
         value = loss.item()  # one read (bool(torch.isfinite(loss)) is an op more: 6.7 vs 0.3 us)
+        self._last_step = (step, loss, terms)  # references only: read by final_train_metrics
         if not math.isfinite(value):
             self._stop(f"training loss is {value}")
         # Once per logging step (with gradient accumulation several batches share a global step).
@@ -259,19 +270,33 @@ class GenerativeModule(FastHookNames, L.LightningModule):
         host-device sync each step on a GPU). The last values written are kept as floats in
         ``last_train_metrics`` (the progress bar and ``metrics.json`` read them).
         """
-        values = {"train/loss": loss.detach()}
-        nll = -terms.elbo.detach().float()
-        figures = term_figures(terms, nll, self.model.num_dims, self.data_kind)
-        del figures["nll"]  # -ELBO: train/elbo already says it
-        values.update({f"train/{name}": v.mean() for name, v in figures.items()})
+        values = self._training_values(loss, terms)
         self.log("train/loss", values["train/loss"], logger=False)
-        # One device-to-host copy for all of them (a NaN stays a NaN: it is reported, not dropped).
-        scalars = torch.stack([v.float() for v in values.values()]).tolist()
-        self.last_train_metrics = dict(zip(values, scalars, strict=True))
+        self.last_train_metrics = _to_floats(values)
         if self.trainer.is_global_zero:  # train/* are rank 0's batch means
             row = {**self.last_train_metrics, "epoch": self.current_epoch}
             for logger in self.loggers:
                 logger.log_metrics(row, step=step)
+
+    def _training_values(self, loss: Tensor, terms: Terms) -> dict[str, Tensor]:
+        """The ``train/*`` values of one step, 0-d tensors (the loss first): batch means of
+        :func:`~vaelab.evaluation.term_figures`, the figures evaluation reports per image."""
+        values = {"train/loss": loss.detach()}
+        figures = term_figures(
+            terms, -terms.elbo.detach().float(), self.model.num_dims, self.data_kind
+        )
+        del figures["nll"]  # -ELBO: train/elbo already says it
+        values.update({f"train/{name}": v.mean() for name, v in figures.items()})
+        return values
+
+    def final_train_metrics(self) -> dict[str, float]:
+        """The ``train/*`` values of the last training step taken (what ``metrics.json`` reports):
+        ``last_train_metrics`` are those of the last *logging* step, which in a run shorter
+        than ``trainer.log_every_n_steps`` is step 0."""
+        if self._last_step is None or self._last_step[0] == self._last_logged_step:
+            return dict(self.last_train_metrics)
+        _, loss, terms = self._last_step
+        return _to_floats(self._training_values(loss, terms))
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         if not self.check_grads:
@@ -286,8 +311,7 @@ class GenerativeModule(FastHookNames, L.LightningModule):
     def _stop(
         self, what: str, when: str = "before the optimizer step, so no weights changed"
     ) -> None:
-        kept = checkpoint_paths(self.trainer)["last"]
-        last = f" The last good checkpoint is kept: {kept}." if kept else ""
+        last = f" {finite_checkpoint_note(self.trainer)}"
         raise NonFiniteError(
             f"{what} at global step {self.global_step} (epoch {self.current_epoch}); training "
             f"stopped {when}.{last} Lower the learning rate, enable gradient clipping "

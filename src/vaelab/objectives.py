@@ -27,6 +27,8 @@ import torch
 from torch import Tensor, nn
 from torch.distributions import Distribution, kl_divergence
 
+from vaelab.stop import check_stop
+
 # Decoder rows per L_k chunk. On the CPU a chunk's (rows x 784) float32 temporaries must stay under
 # glibc's largest mmap threshold (32 MiB), or each chunk maps fresh pages and page-faults on every
 # touch: 4096 rows made L_5000 23 % faster than 32768 on this project's machine (7.5 million page
@@ -103,6 +105,12 @@ def full_precision(device: torch.device) -> Iterator[None]:
         yield
 
 
+# Log importance weights kept at once before L_k is streamed: k * B <= 2**22 (16 MiB of float32;
+# k = 5000 at batch 100 is 500,000) takes one log-sum-exp over all of them; beyond it a running
+# log-sum-exp (float64) keeps one chunk at a time.
+LOG_WEIGHTS_KEPT = 1 << 22
+
+
 def importance_weighted_bound(
     model: ImportanceSampled, x: Tensor, num_samples: int, rows: int | None = None
 ) -> Tensor:
@@ -110,19 +118,36 @@ def importance_weighted_bound(
 
     ``q(z|x)`` is computed once; the ``k`` samples are drawn in chunks of at most ``rows`` decoder
     rows (``chunk_rows``: 4096 on the CPU, 32768 on a GPU by default), and the log-sum-exp runs
-    over all ``k`` log weights at once, so the result does not depend on the chunking.
+    over all ``k`` log weights at once, so the result does not depend on the chunking. Beyond
+    ``k * B = LOG_WEIGHTS_KEPT`` the log-sum-exp is a running one (float64), so memory stays that
+    of one chunk whatever ``k`` is. A SIGTERM stops it at the next chunk (:mod:`vaelab.stop`).
 
     Reference: Burda et al. (2015), eq. 8.
     """
     if num_samples < 1:
         raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+    per = max(1, chunk_rows(rows, x.device) // max(1, x.shape[0]))  # as sample_chunks, lazily
+    sizes = (min(per, num_samples - i) for i in range(0, num_samples, per))
     with full_precision(x.device):
         posterior = model.encode(x)
-        chunks = [
-            model.log_weights(x, c, posterior)  # (c, B)
-            for c in sample_chunks(num_samples, x.shape[0], chunk_rows(rows, x.device))
-        ]
-        return iwae_bound(torch.cat(chunks, dim=0), dim=0)
+        if num_samples * x.shape[0] <= LOG_WEIGHTS_KEPT:
+            chunks = []
+            for c in sizes:
+                check_stop()  # SIGTERM (vaelab.stop)
+                chunks.append(model.log_weights(x, c, posterior))  # (c, B)
+            return iwae_bound(torch.cat(chunks, dim=0), dim=0)
+        # Streamed: a running log-sum-exp in float64, one chunk alive at a time, so memory is
+        # bounded by the chunk whatever k is (k = 1e8 grew to 17 GB when all were kept).
+        acc = torch.float32 if x.device.type == "mps" else torch.float64  # MPS has no float64
+        total = torch.full((x.shape[0],), -math.inf, dtype=acc, device=x.device)
+        dtype = torch.float32
+        for c in sizes:
+            check_stop()
+            log_w = model.log_weights(x, c, posterior)  # (c, B)
+            dtype = torch.promote_types(log_w.dtype, torch.float32)  # as iwae_bound reports it
+            total = torch.logaddexp(total, torch.logsumexp(log_w.to(acc), dim=0))
+            del log_w
+        return (total - math.log(num_samples)).to(dtype)
 
 
 class ELBOObjective(nn.Module):
@@ -236,6 +261,7 @@ class ELBOObjective(nn.Module):
 __all__ = [
     "CPU_CHUNK_ROWS",
     "CUDA_CHUNK_ROWS",
+    "LOG_WEIGHTS_KEPT",
     "ELBOObjective",
     "ImportanceSampled",
     "chunk_rows",

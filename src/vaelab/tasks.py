@@ -32,6 +32,8 @@ from typing import Any, Concatenate, ParamSpec, TypeVar, overload
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig
 
+from vaelab.runlock import run_dir_lock
+from vaelab.stop import stopped_from
 from vaelab.utils import write_metrics
 
 log = logging.getLogger(__name__)
@@ -81,8 +83,11 @@ class TaskRecord:
         self._on_close.append(fn)
 
     def fail(self, err: BaseException) -> None:
-        """Record that the task raised ``err``."""
-        self.status = f"failed: {type(err).__name__}: {err}"
+        """Record that the task raised ``err``: ``failed: <type>: <message>``, or
+        ``<word>: <message>`` for an error that names its own status word in ``run_status``
+        (``diverged`` for :class:`vaelab.callbacks.divergence.DivergedError`)."""
+        word = getattr(err, "run_status", None)
+        self.status = f"{word}: {err}" if word else f"failed: {type(err).__name__}: {err}"
 
     def write(self) -> Path | None:
         """Write ``metrics.json`` (main process only); returns its path, or None if not written.
@@ -134,8 +139,10 @@ def task_wrapper(task: Any = None, *, path: Callable[[DictConfig], Path] = metri
     The wrapper makes the :class:`TaskRecord` (at ``path(cfg)``, :func:`metrics_path` unless
     given: ``@task_wrapper(path=lambda cfg: Path(cfg.out_dir) / "metrics.json")``), marks it
     failed with the exception's type and message if the task raises (the exception propagates
-    unchanged), and closes it: writes the file and runs the task's :meth:`TaskRecord.on_close`
-    callbacks.
+    unchanged; Lightning's SIGTERMException becomes :class:`vaelab.stop.EvaluationStopped`, so
+    the process exits non-zero), and closes it: writes the file and runs the task's
+    :meth:`TaskRecord.on_close` callbacks. The record's folder is held for the task's duration
+    (:func:`vaelab.runlock.run_dir_lock`): a second task there is refused before it writes.
     """
 
     def decorate(
@@ -143,14 +150,21 @@ def task_wrapper(task: Any = None, *, path: Callable[[DictConfig], Path] = metri
     ) -> Callable[Concatenate[DictConfig, P], R]:
         @functools.wraps(task)
         def wrapped(cfg: DictConfig, *args: P.args, **kwargs: P.kwargs) -> R:
-            record = TaskRecord(path(cfg))
-            try:
-                return task(cfg, record, *args, **kwargs)
-            except BaseException as err:
-                record.fail(err)
-                raise
-            finally:
-                record.close()
+            record_path = path(cfg)
+            # One run per folder: a second run is refused before it writes anything there.
+            with run_dir_lock(record_path.parent):
+                record = TaskRecord(record_path)
+                try:
+                    return task(cfg, record, *args, **kwargs)
+                except BaseException as err:
+                    stopped = stopped_from(err)  # Lightning's SIGTERMException would exit 0
+                    if stopped is not None and stopped is not err:
+                        record.fail(stopped)
+                        raise stopped from err
+                    record.fail(err)
+                    raise
+                finally:
+                    record.close()
 
         return wrapped
 

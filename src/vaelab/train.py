@@ -38,6 +38,7 @@ from vaelab.distributed import hydra_ddp_jobs
 from vaelab.extras import check_command_line
 from vaelab.lit import GenerativeModule
 from vaelab.loggers import continue_wandb_runs, finish_loggers, is_wandb_logger_config
+from vaelab.stop import stop_on_sigterm
 from vaelab.tasks import TaskRecord, task_wrapper
 from vaelab.training import quiet_lightning
 from vaelab.utils import print_summary, to_float_dict
@@ -101,14 +102,25 @@ def _multirun_job_num() -> int | None:
     return None
 
 
+def _multirun_job_overrides() -> list[str] | None:
+    """This multirun job's command-line overrides (its swept values among them), else None."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+        return [str(o) for o in HydraConfig.get().overrides.task]
+    return None
+
+
 def resolve_ckpt_path(cfg: DictConfig, run_config: dict[str, Any] | None = None) -> str | None:
     """The checkpoint this run resumes from, checked against the run's config.
 
     ``null`` -> None. ``last`` -> the newest ``last.ckpt`` of this task whose stored model, data,
-    objective and optimizer config equals this run's (under ``--multirun``, the one of the same
-    job first); in a multirun, a job with none starts afresh, so re-running an interrupted sweep
-    resumes each job that had started. A path -> that file, refused if its config differs (unless
-    ``resume_strict=false``). Checkpoints are read weights-only (``trust_checkpoint=true`` to opt
+    objective and optimizer config equals this run's; under ``--multirun``, only one of this job
+    (the same values of the keys the job sets, swept ones included; the same job number first),
+    and a job with none starts afresh, so re-running an interrupted sweep resumes each job that
+    had started and never another job's checkpoint. A path -> that file, refused if its config
+    differs (unless ``resume_strict=false``). Checkpoints are read weights-only (``trust_checkpoint=true`` to opt
     out for a file you trust).
 
     Raises:
@@ -123,7 +135,12 @@ def resolve_ckpt_path(cfg: DictConfig, run_config: dict[str, Any] | None = None)
     if path == "last":
         job_num = _multirun_job_num()
         found, why = find_resume_checkpoint(
-            cfg.paths.log_dir, cfg.task_name, run_config, job_num=job_num, trust=trust
+            cfg.paths.log_dir,
+            cfg.task_name,
+            run_config,
+            job_num=job_num,
+            trust=trust,
+            job_overrides=_multirun_job_overrides(),
         )
         if found is not None:
             log.info("Resuming from %s", found)
@@ -186,7 +203,9 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     """Fit and test one run. Returns ``(metrics, objects)``; writes ``metrics.json``.
 
     ``metrics.json`` is written whatever happens, with ``status: ok`` or ``status: failed: ...``,
-    also when the run fails before training starts (a refused checkpoint, a bad config).
+    also when the run fails before training starts (a refused checkpoint, a bad config). A run
+    directory another live run holds is refused before anything is written
+    (:func:`vaelab.runlock.run_dir_lock`).
     """
     metrics, objects, train_seconds = fit_and_test(cfg)
     if objects["trainer"].global_rank == 0:
@@ -267,7 +286,8 @@ def fit_and_test(
         test_ckpt = best or (None if cfg.get("train", True) else ckpt_path)
         if best:
             log.info("Testing the best checkpoint %s", best)
-        trainer.test(module, datamodule=datamodule, ckpt_path=test_ckpt)
+        with stop_on_sigterm():  # SIGTERM stops L_k at its next chunk, not after the batch
+            trainer.test(module, datamodule=datamodule, ckpt_path=test_ckpt)
         metrics.update(to_float_dict(trainer.callback_metrics))
     return metrics, objects, train_seconds
 

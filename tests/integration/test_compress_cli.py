@@ -168,3 +168,54 @@ def test_console_script_runs_as_documented(
         cwd=tmp_path,
     )
     assert np.load(tmp_path / "x.npy").shape == (30, 1, 28, 28)
+
+
+def test_compressing_over_a_file_on_a_full_disk_keeps_the_old_file(
+    tiny_ckpt: Path, fake_mnist: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Issue 26 case 8. Before: Path.write_bytes truncated the old .vlbb, then the disk filled:
+    # a 4096-byte fragment was left, and the error named no file.
+    from tests.helpers.disk_full import fill_disk
+    from vaelab.compression.cli import run
+
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    old = disk / "test.vlbb"
+    old.write_bytes(b"the old file, whole" * 1000)
+    fill_disk(monkeypatch, disk, room=64)
+    cfg = compose_compress(
+        [f"ckpt_path={tiny_ckpt}", "num_images=50", f"file={old}", "baselines=false"],
+        tmp_path / "out",
+        fake_mnist,
+    )
+    with pytest.raises(OSError, match=rf"no space left on .* writing {old}"):
+        run(cfg)
+    assert old.read_bytes() == b"the old file, whole" * 1000
+    assert [p.name for p in disk.iterdir()] == ["test.vlbb"]  # no partial file either
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert metrics["status"].startswith("failed: DiskFullError") and str(old) in metrics["status"]
+
+
+@pytest.mark.parametrize("fault", ["missing", "truncated", "no_file", "no_checkpoint", "garbage"])
+def test_every_failed_decompress_writes_metrics_json(
+    fault: str, tiny_ckpt: Path, fake_mnist: Path, tmp_path: Path
+) -> None:
+    # Issue 26 case 8. Before: a failed mode=decompress run wrote no metrics.json at all.
+    from vaelab.compression.cli import run
+
+    file = tmp_path / "f.vlbb"
+    if fault == "truncated":
+        file.write_bytes(b"VLBB" + b"\0" * 10)
+    elif fault == "garbage":
+        file.write_bytes(b"not a vaelab file at all")
+    ckpt = tmp_path / "none.ckpt" if fault == "no_checkpoint" else tiny_ckpt
+    if fault == "no_checkpoint":
+        run(compose_compress([f"ckpt_path={tiny_ckpt}", "num_images=20", f"file={file}", "baselines=false"], tmp_path / "c", fake_mnist))  # fmt: skip
+    overrides = [f"ckpt_path={ckpt}", "mode=decompress"]
+    if fault != "no_file":
+        overrides.append(f"file={file}")
+    out = tmp_path / "out"
+    with pytest.raises(Exception) as info:
+        run(compose_compress(overrides, out, fake_mnist))
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["status"] == f"failed: {type(info.value).__name__}: {info.value}"

@@ -43,7 +43,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
-from vaelab.checkpoints import load_run
+from vaelab.checkpoints import atomic_write, load_run
 from vaelab.compression import fileformat
 from vaelab.compression.bbans import CoderSettings, DecodeError, check_binary, decode, encode
 from vaelab.compression.chain import LatentChain
@@ -271,7 +271,42 @@ def _compress(cfg: DictConfig, out_dir: Path, info: dict[str, Any]) -> dict[str,
 
 
 def decompress(cfg: DictConfig) -> np.ndarray:
-    """``mode=decompress``: restore the images of ``cfg.file`` with the checkpoint; save them."""
+    """``mode=decompress``: restore the images of ``cfg.file`` with the checkpoint; save them.
+
+    ``metrics.json`` is written whatever happens (``status: ok`` or ``status: failed: ...``),
+    as ``mode=compress`` writes it.
+    """
+    out_dir = Path(cfg.paths.output_dir)
+    t0 = time.perf_counter()
+    status = "ok"
+    metrics: dict[str, float] = {}
+    info: dict[str, Any] = {"checkpoint": str(cfg.ckpt_path), "file": str(cfg.get("file"))}
+    try:
+        images, metrics = _decompress(cfg, out_dir, info)
+    except BaseException as err:
+        status = f"failed: {type(err).__name__}: {err}"
+        raise
+    finally:
+        try:
+            write_metrics(
+                out_dir / "metrics.json",
+                metrics,
+                status=status,
+                **info,
+                seconds=round(time.perf_counter() - t0, 2),
+                output_dir=str(out_dir),
+            )
+        except Exception as err:  # never hide the run's own error behind this one
+            if status == "ok":
+                raise
+            log.error("could not write %s: %s", out_dir / "metrics.json", err)
+    return images
+
+
+def _decompress(
+    cfg: DictConfig, out_dir: Path, info: dict[str, Any]
+) -> tuple[np.ndarray, dict[str, float]]:
+    """The work of ``decompress``; fills ``info`` (what metrics.json records besides figures)."""
     if not cfg.get("file"):
         raise ValueError("mode=decompress needs file=<path of a file written by vaelab-compress>")
     f = fileformat.read(cfg.file)
@@ -291,23 +326,21 @@ def decompress(cfg: DictConfig) -> np.ndarray:
             "decoder's numerics differ from the encoder's (another torch build or machine); "
             "decompress on the machine and software that compressed the file"
         )
-    out_dir = Path(cfg.paths.output_dir)
     output = Path(cfg.output) if cfg.get("output") else out_dir / "decompressed.npy"
-    output.parent.mkdir(parents=True, exist_ok=True)
-    np.save(output, images)
+    atomic_write(output, lambda fh: np.save(fh, images))  # a full disk keeps an old output whole
+    info["output"] = str(output)
     n = images.shape[0]
     metrics = {
         "decompress/num_images": float(n),
         "decompress/seconds": seconds,
         "decompress/images_per_s": n / seconds,
     }
-    write_metrics(out_dir / "metrics.json", metrics, file=str(cfg.file), output=str(output))
     _summary(
         f"vaelab decompress: {n} images",
         [(k, v, "images/s" if "per_s" in k else "s" if "seconds" in k else "") for k, v in metrics.items()],
         {"images": str(output)},
     )  # fmt: skip
-    return images
+    return images, metrics
 
 
 def run(cfg: DictConfig) -> Any:

@@ -94,11 +94,16 @@ def to_bytes(head: dict[str, Any], payload: np.ndarray) -> bytes:
 
 
 def write(path: str | Path, head: dict[str, Any], payload: np.ndarray) -> int:
-    """Write the file; returns its size in bytes."""
+    """Write the file atomically (as checkpoints are: a full disk or a kill leaves the old file
+    whole, never a fragment); returns its size in bytes.
+
+    Raises:
+        vaelab.checkpoints.DiskFullError: no space left on the file's device (the file named).
+    """
+    from vaelab.checkpoints import atomic_write
+
     data = to_bytes(head, payload)
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    p.write_bytes(data)
+    atomic_write(path, lambda f: f.write(data))
     return len(data)
 
 
