@@ -25,7 +25,7 @@ import hydra
 import lightning as L
 from hydra.utils import instantiate
 from lightning.pytorch.utilities import rank_zero_only
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from vaelab.checkpoints import (
     AtomicCheckpointIO,
@@ -34,6 +34,7 @@ from vaelab.checkpoints import (
     read_checkpoint,
 )
 from vaelab.config import config_dir, register_resolvers
+from vaelab.safe_config import stored_config, trusted_from
 from vaelab.utils import print_summary, to_float_dict, write_metrics
 
 log = logging.getLogger(__name__)
@@ -72,7 +73,7 @@ def evaluate(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
                 f"{', ...' if len(bad) > 3 else ''}); its figures would be NaN. Evaluate an "
                 "earlier checkpoint of the run (checkpoints/best-*.ckpt, or the last good last.ckpt)"
             )
-        run = OmegaConf.create(ckpt["vaelab_config"])
+        run = stored_config(ckpt, trusted_from(cfg), ckpt_path)  # issue 26: checked targets only
         run.data.data_dir = cfg.eval.data_dir
         L.seed_everything(cfg.get("seed", 0), workers=True)
         datamodule = instantiate(run.data)

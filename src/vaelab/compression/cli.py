@@ -42,12 +42,13 @@ import hydra
 import numpy as np
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from vaelab.compression import fileformat
 from vaelab.compression.bbans import CoderSettings, DecodeError, check_binary, decode, encode
 from vaelab.compression.chain import LatentChain
 from vaelab.config import config_dir, register_resolvers
+from vaelab.safe_config import stored_config, trusted_from
 from vaelab.utils import CheckpointError, read_checkpoint, write_metrics
 
 log = logging.getLogger(__name__)
@@ -62,15 +63,21 @@ def decode_file(chain: LatentChain, f: Any) -> np.ndarray:
     )  # fmt: skip
 
 
-def load_run(ckpt_path: str, data_dir: str | None = None) -> tuple[torch.nn.Module, Any, dict]:
-    """Rebuild ``(model, datamodule, checkpoint)`` from a vaelab-train checkpoint's stored config."""
-    ckpt = read_checkpoint(ckpt_path)
+def load_run(
+    ckpt_path: str, data_dir: str | None = None, trust: bool = False, trusted: Any = ()
+) -> tuple[torch.nn.Module, Any, dict]:
+    """Rebuild ``(model, datamodule, checkpoint)`` from a vaelab-train checkpoint's stored config.
+
+    ``trust``: unpickle a file that needs it (``trust_checkpoint=true``); ``trusted``: extra
+    targets its config may instantiate (``trusted_targets=[...]``, :mod:`vaelab.safe_config`).
+    """
+    ckpt = read_checkpoint(ckpt_path, trust=trust)
     if "vaelab_config" not in ckpt:
         raise CheckpointError(
             f"{ckpt_path} has no vaelab_config: it was not written by vaelab-train, so the model "
             "cannot be rebuilt from it"
         )
-    run = OmegaConf.create(ckpt["vaelab_config"])
+    run = stored_config(ckpt, trusted, ckpt_path)  # issue 26: checked targets only
     if data_dir is not None:
         run.data.data_dir = data_dir
     model = instantiate(run.model)
@@ -83,6 +90,11 @@ def load_run(ckpt_path: str, data_dir: str | None = None) -> tuple[torch.nn.Modu
         ) from err
     model.eval()
     return model, instantiate(run.data), ckpt
+
+
+def _load_options(cfg: DictConfig) -> dict[str, Any]:
+    """``trust_checkpoint`` and ``trusted_targets`` of the command line, for :func:`load_run`."""
+    return {"trust": bool(cfg.get("trust_checkpoint", False)), "trusted": trusted_from(cfg)}
 
 
 def split_images(datamodule: Any, split: str, num_images: int | None) -> np.ndarray:
@@ -227,7 +239,7 @@ def compress(cfg: DictConfig) -> dict[str, float]:
 def _compress(cfg: DictConfig, out_dir: Path, info: dict[str, Any]) -> dict[str, float]:
     """The work of ``compress``; fills ``info`` (what metrics.json records besides the figures)."""
     ckpt_path = str(cfg.ckpt_path)
-    model, datamodule, ckpt = load_run(ckpt_path, cfg.data_dir)
+    model, datamodule, ckpt = load_run(ckpt_path, cfg.data_dir, **_load_options(cfg))
     info.update(
         epoch=ckpt.get("epoch"),
         epochs=trained_epochs(ckpt),
@@ -309,7 +321,7 @@ def decompress(cfg: DictConfig) -> np.ndarray:
     if not cfg.get("file"):
         raise ValueError("mode=decompress needs file=<path of a file written by vaelab-compress>")
     f = fileformat.read(cfg.file)
-    model, _, _ = load_run(str(cfg.ckpt_path), cfg.data_dir)
+    model, _, _ = load_run(str(cfg.ckpt_path), cfg.data_dir, **_load_options(cfg))
     chain = LatentChain(model)
     fileformat.check_model(f, chain.fingerprint, str(cfg.ckpt_path))
     if tuple(f.header["image_shape"]) != chain.data_shape:
