@@ -34,6 +34,7 @@ from vaelab.checkpoints import (
     read_checkpoint,
 )
 from vaelab.config import config_dir, register_resolvers
+from vaelab.config_check import check_values, short_errors
 from vaelab.safe_config import stored_config, trusted_from
 from vaelab.utils import print_summary, to_float_dict, write_metrics
 
@@ -60,6 +61,7 @@ def evaluate(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     objects: dict[str, Any] = {}
     trust = bool(cfg.get("trust_checkpoint", False))
     try:
+        check_values(cfg, "eval")  # issue 26: types and ranges, before anything loads
         ckpt = read_checkpoint(ckpt_path, trust=trust)
         if "vaelab_config" not in ckpt:
             raise CheckpointError(
@@ -142,6 +144,7 @@ register_resolvers()
 
 
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="eval")
+@short_errors("vaelab-eval")  # issue 26: a bad value is one message, no traceback
 def main(cfg: DictConfig) -> None:
     """Hydra entry point."""
     evaluate(cfg)

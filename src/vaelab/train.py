@@ -34,6 +34,7 @@ from vaelab.checkpoints import (
     read_checkpoint,
 )
 from vaelab.config import config_dir, register_resolvers
+from vaelab.config_check import check_values, short_errors
 from vaelab.distributed import hydra_ddp_jobs
 from vaelab.lit import GenerativeModule
 from vaelab.loggers import continue_wandb_runs, finish_loggers, is_wandb_logger_config
@@ -165,6 +166,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     t0 = time.perf_counter()
     train_seconds = 0.0
     try:
+        check_values(cfg, "train")  # issue 26: types, ranges and task_name, before anything loads
         if cfg.get("seed") is not None:
             L.seed_everything(cfg.seed, workers=True)
         ckpt_path = resolve_ckpt_path(cfg)
@@ -242,6 +244,7 @@ register_resolvers()
 
 
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="train")
+@short_errors("vaelab-train")  # issue 26: a bad value is one message, no traceback
 def hydra_main(cfg: DictConfig) -> float | None:
     """Hydra entry point; returns ``optimized_metric`` for sweepers."""
     with hydra_ddp_jobs("vaelab.train"):  # DDP children start this job, not the whole sweep

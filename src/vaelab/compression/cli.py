@@ -48,6 +48,7 @@ from vaelab.compression import fileformat
 from vaelab.compression.bbans import CoderSettings, DecodeError, check_binary, decode, encode
 from vaelab.compression.chain import LatentChain
 from vaelab.config import config_dir, register_resolvers
+from vaelab.config_check import check_values, short_errors
 from vaelab.safe_config import stored_config, trusted_from
 from vaelab.utils import CheckpointError, read_checkpoint, write_metrics
 
@@ -358,6 +359,7 @@ def decompress(cfg: DictConfig) -> np.ndarray:
 
 def run(cfg: DictConfig) -> Any:
     """Dispatch on ``cfg.mode``."""
+    check_values(cfg, "compress")  # issue 26: types and ranges, before anything loads
     torch.set_grad_enabled(False)
     if cfg.mode == "compress":
         return compress(cfg)
@@ -370,6 +372,7 @@ register_resolvers()
 
 
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="compress")
+@short_errors("vaelab-compress")  # issue 26: a bad value is one message, no traceback
 def main(cfg: DictConfig) -> None:
     """Hydra entry point."""
     run(cfg)
