@@ -32,6 +32,8 @@ from typing import IO, Any
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
+from vaelab.checkpoint_hygiene import legacy_format_problem
+
 log = logging.getLogger(__name__)
 
 #: The command-line opt-in named in every refusal.
@@ -71,6 +73,8 @@ def read_checkpoint(
             "(relative paths are read from the working directory)"
         )
     if not zipfile.is_zipfile(p):
+        if legacy_format_problem(p):  # issue 26: torch's legacy format, named as such
+            raise CheckpointError(legacy_format_problem(p))
         raise CheckpointError(
             f"checkpoint {_describe(p)} is corrupt or truncated (not a torch zip archive, "
             f"{p.stat().st_size} bytes); use another checkpoint of the run, e.g. "

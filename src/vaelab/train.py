@@ -24,6 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from vaelab.callbacks.resume import ResumeState
 from vaelab.callbacks.wandb_resume import tracking_callbacks, wandb_state_from_checkpoint
+from vaelab.checkpoint_hygiene import clean_stale_partials
 from vaelab.checkpoints import (
     AtomicCheckpointIO,
     CheckpointError,
@@ -119,6 +120,7 @@ def resolve_ckpt_path(cfg: DictConfig, run_config: dict[str, Any] | None = None)
         run_config = OmegaConf.to_container(cfg, resolve=True)
     trust = bool(cfg.get("trust_checkpoint", False))
     if path == "last":
+        clean_stale_partials(Path(cfg.paths.log_dir) / cfg.task_name)  # issue 26: across runs
         job_num = _multirun_job_num()
         found, why = find_resume_checkpoint(
             cfg.paths.log_dir, cfg.task_name, run_config, job_num=job_num, trust=trust
