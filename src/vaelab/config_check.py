@@ -30,6 +30,7 @@ import shlex
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
@@ -94,6 +95,32 @@ def register_resolvers() -> None:
     """``${vaelab.subdir:${task_name},task_name}``: the value, refused if it escapes (idempotent)."""
     if not OmegaConf.has_resolver("vaelab.subdir"):
         OmegaConf.register_new_resolver("vaelab.subdir", _subdir_resolver)
+
+
+def check_reproduce_paths(
+    table: str, budget: str, row_ids: Sequence[str], out_dir: str, out_dir_given: bool
+) -> None:
+    """``vaelab-reproduce``: ``table`` (a name), ``budget`` and the row ids form
+    ``<out_dir>/runs/<row>``; the default ``out_dir`` (``logs/reproduce/<table>/<budget>``) must
+    stay inside ``logs/reproduce`` (a table given as a ``.yaml`` path too). ``out_dir=`` given on
+    the command line is the user's choice.
+
+    Raises:
+        ConfigValueError: naming the key, the value and what is allowed.
+    """
+    if not table.endswith((".yaml", ".yml")):
+        check_name("table", table, root="logs/reproduce")
+    check_name("budget", budget, root="logs/reproduce/<table>")
+    for rid in row_ids:
+        check_name(f"row id {rid!r} (table {table})", rid, root="<out_dir>/runs")
+    if out_dir_given:
+        return
+    root = (Path(os.environ.get("VAELAB_ROOT", ".")) / "logs" / "reproduce").resolve()
+    if not Path(out_dir).resolve().is_relative_to(root):
+        raise ConfigValueError(
+            f"table={table!r} budget={budget!r} form out_dir={out_dir!r}, outside {root}: pass "
+            f"out_dir=<folder> for this table's runs and report, e.g. out_dir={root}/my_table"
+        )
 
 
 # -- types and ranges ------------------------------------------------------------------------------
@@ -337,6 +364,7 @@ __all__ = [
     "ConfigValueError",
     "Rule",
     "check_name",
+    "check_reproduce_paths",
     "check_values",
     "name_problem",
     "register_resolvers",

@@ -51,6 +51,7 @@ from typing import Any
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from vaelab.config import config_dir
+from vaelab.config_check import check_reproduce_paths
 
 ROW_GROUP = "reproduce_row"
 PACKAGES = ("vaelab", "torch", "lightning", "hydra-core", "numpy")
@@ -1439,6 +1440,8 @@ def reproduce(argv: Sequence[str]) -> int:
     table = load_table(str(cfg.table))
     budget = table.budget(str(cfg.budget))
     rows = table.select(list(cfg.rows) if cfg.get("rows") else None)
+    given = any(a.lstrip("+").startswith("out_dir=") for a in argv)  # issue 26: paths stay inside
+    check_reproduce_paths(str(cfg.table), budget.name, [r.id for r in rows], cfg.out_dir, given)
     out_dir = Path(cfg.out_dir)
     data_dir = _data_dir(passthrough)
     env = [f"{k}={os.environ[k]}" for k in ("OMP_NUM_THREADS",) if k in os.environ]
