@@ -222,3 +222,33 @@ def test_a_labels_file_in_the_images_place_is_named(split: str, tmp_path: Path) 
         dm = MNISTDataModule(str(root), download=False, val_size=50)
         dm.setup()
         dm.labels("test")
+
+
+# -- case 3: vaelab-reproduce's folders ------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("args", "named"),
+    [(["table=../../conf/reproduce/bbans"], "table='../../conf/reproduce/bbans'"),
+     (["table=UP/t.yaml"], "outside"), (["table=small", "budget=../../b"], "budget='../../b'")],
+)  # fmt: skip
+def test_reproduce_folders_stay_inside_logs_reproduce(
+    args: list[str], named: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Before: table=../../conf/reproduce/bbans (a real file, reached from conf/reproduce/) put the
+    # table's runs and report under ./conf/reproduce/bbans/cpu, outside logs/reproduce.
+    from vaelab.reproduce import reproduce
+
+    work = tmp_path / "w"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    monkeypatch.delenv("VAELAB_ROOT", raising=False)
+    table = tmp_path / "t.yaml"
+    table.write_text(
+        "name: small\nmetric: test/nll\nbudgets: {cpu: {}, ../../b: {}}\n"
+        "rows: [{id: r, published: 1.0}]\n"
+    )
+    if "table=small" in args:
+        args = [f"table={table}", *args[1:], "out_dir=out"]
+    args = [a.replace("UP/t.yaml", "../t.yaml") for a in args]
+    with pytest.raises(ConfigValueError, match="outside" if named == "outside" else named):
+        reproduce([*args, "dry_run=true"])
+    assert list(work.iterdir()) == []
