@@ -42,9 +42,11 @@ import lightning as L
 import torch
 from hydra.utils import instantiate
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from torch import nn
 
+from vaelab.checkpoint_hygiene import legacy_format_problem
+from vaelab.safe_config import stored_config
 from vaelab.training import EXECUTION_KEYS
 
 log = logging.getLogger(__name__)
@@ -86,6 +88,8 @@ def read_checkpoint(
             "(relative paths are read from the working directory)"
         )
     if not zipfile.is_zipfile(p):
+        if legacy_format_problem(p):  # issue 26: torch's legacy format, named as such
+            raise CheckpointError(legacy_format_problem(p))
         raise CheckpointError(
             f"checkpoint {_describe(p)} is corrupt or truncated (not a torch zip archive, "
             f"{p.stat().st_size} bytes); use another checkpoint of the run, e.g. "
@@ -674,13 +678,15 @@ def load_run(
     path: str | os.PathLike[str],
     data_dir: str | os.PathLike[str] | None = None,
     trust: bool = False,
+    trusted: Sequence[str] = (),
 ) -> LoadedRun:
     """Rebuild a ``vaelab-train`` run: model with its weights, datamodule, config and metrics.
 
     The checkpoint carries the run's resolved config (``vaelab_config``), so the model and data
     are rebuilt exactly (``hydra.utils.instantiate``), and the weights are the LightningModule's
     ``model.*`` entries. The file is read weights-only (:func:`read_checkpoint`; no pickle unless
-    ``trust``).
+    ``trust``), and the stored config may name only the targets :mod:`vaelab.safe_config` allows
+    (it is data: instantiating an arbitrary ``_target_`` would run code).
 
     Args:
         path: a run folder (``logs/train/runs/<run>``; see :func:`run_checkpoint` for which
@@ -688,10 +694,14 @@ def load_run(
         data_dir: this machine's data folder, replacing the one recorded in the run's config
             (``None`` keeps it).
         trust: allow full unpickling, for a file you trust (``trust_checkpoint=true``).
+        trusted: targets the stored config may instantiate beyond vaelab's own
+            (``trusted_targets=[...]`` on the command line; see :mod:`vaelab.safe_config`).
 
     Raises:
         CheckpointError: missing, corrupt or unsafe file; not written by ``vaelab-train``; weights
             that are not finite or do not fit the model the config describes.
+        vaelab.safe_config.UntrustedConfigError: the stored config names a target that is not
+            allowed.
 
     Example:
         >>> run = vaelab.load_run("logs/train/runs/2026-01-01_12-00-00")  # doctest: +SKIP
@@ -711,7 +721,7 @@ def load_run(
             f"{', ...' if len(bad) > 3 else ''}); its figures would be NaN. Use an earlier "
             "checkpoint of the run (checkpoints/best-*.ckpt, or the last good last.ckpt)"
         )
-    config = OmegaConf.create(ckpt["vaelab_config"])
+    config = stored_config(ckpt, trusted, str(ckpt_path))  # checked targets only
     if data_dir is not None:
         config.data.data_dir = str(data_dir)
     datamodule = instantiate(config.data)

@@ -31,6 +31,8 @@ from omegaconf import DictConfig
 from vaelab.callbacks.eval_progress import EvaluationProgressLog
 from vaelab.checkpoints import AtomicCheckpointIO, load_run
 from vaelab.config import config_dir, register_resolvers
+from vaelab.config_check import check_values, short_errors
+from vaelab.safe_config import trusted_from
 from vaelab.stop import check_num_samples, stop_on_sigterm
 from vaelab.tasks import TaskRecord, metrics_path, task_wrapper
 from vaelab.training import quiet_lightning
@@ -83,10 +85,11 @@ def evaluate_checkpoint(
     record.is_main = lambda: (
         (objects["trainer"].global_rank if objects.get("trainer") else rank_zero_only.rank) == 0
     )
+    check_values(cfg, "eval")  # types and ranges, before anything loads
     check_num_samples(cfg.eval.num_samples, "eval.num_samples", minimum=1)
     trust = bool(cfg.get("trust_checkpoint", False))
     L.seed_everything(cfg.get("seed", 0), workers=True)
-    run = load_run(ckpt_path, data_dir=cfg.eval.data_dir, trust=trust)
+    run = load_run(ckpt_path, data_dir=cfg.eval.data_dir, trust=trust, trusted=trusted_from(cfg))
     ckpt.update(run.checkpoint)
     module = instantiate(
         run.config.module,
@@ -137,6 +140,7 @@ register_resolvers()
 
 
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="eval")
+@short_errors("vaelab-eval")  # issue 26: a bad value is one message, no traceback
 def main(cfg: DictConfig) -> None:
     """Hydra entry point."""
     evaluate(cfg)

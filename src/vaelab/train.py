@@ -24,6 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from vaelab.callbacks.resume import ResumeState
 from vaelab.callbacks.wandb_resume import tracking_callbacks, wandb_state_from_checkpoint
+from vaelab.checkpoint_hygiene import clean_stale_partials
 from vaelab.checkpoints import (
     AtomicCheckpointIO,
     CheckpointError,
@@ -34,6 +35,7 @@ from vaelab.checkpoints import (
     read_checkpoint,
 )
 from vaelab.config import config_dir, register_resolvers
+from vaelab.config_check import check_values, short_errors
 from vaelab.distributed import hydra_ddp_jobs
 from vaelab.extras import check_command_line
 from vaelab.lit import GenerativeModule
@@ -133,6 +135,7 @@ def resolve_ckpt_path(cfg: DictConfig, run_config: dict[str, Any] | None = None)
         run_config = OmegaConf.to_container(cfg, resolve=True)
     trust = bool(cfg.get("trust_checkpoint", False))
     if path == "last":
+        clean_stale_partials(Path(cfg.paths.log_dir) / cfg.task_name)  # issue 26: across runs
         job_num = _multirun_job_num()
         found, why = find_resume_checkpoint(
             cfg.paths.log_dir,
@@ -258,6 +261,7 @@ def fit_and_test(
         (objects["trainer"].global_rank if objects.get("trainer") else rank_zero_only.rank) == 0
     )
     record.on_close(finish)
+    check_values(cfg, "train")  # types, ranges and task_name, before anything loads
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
     ckpt_path = resolve_ckpt_path(cfg)
@@ -296,6 +300,7 @@ register_resolvers()
 
 
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="train")
+@short_errors("vaelab-train")  # issue 26: a bad value is one message, no traceback
 def hydra_main(cfg: DictConfig) -> float | None:
     """Hydra entry point; returns ``optimized_metric`` for sweepers."""
     with hydra_ddp_jobs("vaelab.train"):  # DDP children start this job, not the whole sweep

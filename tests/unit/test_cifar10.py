@@ -158,3 +158,84 @@ def test_corrupt_batch_is_refused(tmp_path: Path) -> None:
         pickle.dump({b"data": np.zeros((3, 100), dtype=np.uint8), b"labels": [0, 1, 2]}, f)
     with pytest.raises(ValueError, match=r"expected data of shape \(N, 3072\)"):
         read_cifar10(str(tmp_path), train=False)
+
+
+# -- issue 26 case 2: a batch is data; unpickling it runs nothing, and every bad file is named ---
+class _RunsCode:
+    """Unpickling calls ``os.mkdir(marker)`` (it could call anything)."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        import os
+
+        return (os.mkdir, (self.marker,))
+
+
+class _ObjectArray:
+    """An object-dtype numpy array whose element runs code: the carrier hides inside numpy."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        arr = np.empty(1, dtype=object)
+        arr[0] = _RunsCode(self.marker)
+        return arr.__reduce__()
+
+
+def _payloads(marker: Path) -> dict[str, object]:
+    return {
+        "the batch itself": _RunsCode(marker),
+        "a dict value": {b"data": _images(2, 0), b"labels": [0, 1], b"x": _RunsCode(marker)},
+        "inside labels": {b"data": _images(2, 0), b"labels": [0, _RunsCode(marker)]},
+        "an object array": {b"data": _ObjectArray(marker), b"labels": [0]},
+    }
+
+
+@pytest.mark.parametrize("carrier", ["the batch itself", "a dict value", "inside labels", "an object array"])  # fmt: skip
+@pytest.mark.parametrize("protocol", [2, 5])
+def test_a_batch_that_would_run_code_is_refused_unrun(tmp_path: Path, carrier: str, protocol: int) -> None:  # fmt: skip
+    # Before: bare pickle.load ran the payload, and the training ended ok.
+    write_fake_cifar10(tmp_path)
+    marker = tmp_path / "pwned"
+    batch = tmp_path / "cifar-10-batches-py" / "data_batch_3"
+    batch.write_bytes(pickle.dumps(_payloads(marker)[carrier], protocol=protocol))
+    with pytest.raises(ValueError, match=rf"CIFAR-10 file {batch}: .*(refused|dtype)") as err:
+        CIFAR10DataModule(str(tmp_path), download=False, val_size=5).setup()
+    assert not marker.exists(), "unpickling the batch ran its code"
+    assert isinstance(err.value, DatasetNotFoundError)  # a data error, as for MNIST files
+    assert "data.download=true" in str(err.value)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "random", "empty", "float data", "not a dict", "bad labels", "labels out of range"])  # fmt: skip
+def test_every_bad_batch_names_its_file(tmp_path: Path, damage: str) -> None:
+    # Before: "UnpicklingError: pickle data was truncated", no file named.
+    write_fake_cifar10(tmp_path)
+    batch = tmp_path / "cifar-10-batches-py" / "test_batch"
+    good = batch.read_bytes()
+    data = _images(3, 0)
+    bad = {
+        "truncated": good[: len(good) // 2],
+        "random": np.random.default_rng(0).integers(0, 256, 5000, dtype=np.uint8).tobytes(),
+        "empty": b"",
+        "float data": pickle.dumps({b"data": data.astype(np.float32), b"labels": [0, 1, 2]}),
+        "not a dict": pickle.dumps([data, [0, 1, 2]]),
+        "bad labels": pickle.dumps({b"data": data, b"labels": [b"cat", b"dog", b"x"]}),
+        "labels out of range": pickle.dumps({b"data": data, b"labels": [0, 1, 12]}),
+    }[damage]
+    batch.write_bytes(bad)
+    with pytest.raises(ValueError, match=rf"CIFAR-10 file {batch}: .*data\.download=true"):
+        read_cifar10(str(tmp_path), train=False)
+
+
+def test_python2_batches_with_numpy_1_names_still_load(tmp_path: Path) -> None:
+    """The official files (Python 2, protocol 2) name numpy.core.multiarray._reconstruct."""
+    write_fake_cifar10(tmp_path)
+    batch = tmp_path / "cifar-10-batches-py" / "test_batch"
+    raw = batch.read_bytes()
+    assert b"numpy._core.multiarray" in raw or b"numpy.core.multiarray" in raw
+    batch.write_bytes(raw.replace(b"numpy._core.multiarray", b"numpy.core.multiarray"))
+    x, y = read_cifar10(str(tmp_path), train=False)
+    assert x.shape == (N_TEST, 3, 32, 32) and y.shape == (N_TEST,)

@@ -48,6 +48,8 @@ from vaelab.compression import fileformat
 from vaelab.compression.bbans import CoderSettings, DecodeError, check_binary, decode, encode
 from vaelab.compression.chain import LatentChain
 from vaelab.config import config_dir, register_resolvers
+from vaelab.config_check import check_values, short_errors
+from vaelab.safe_config import trusted_from
 from vaelab.tasks import TaskRecord, task_wrapper
 from vaelab.units import bits_per_dim
 from vaelab.utils import write_metrics
@@ -62,6 +64,11 @@ def decode_file(chain: LatentChain, f: Any) -> np.ndarray:
         chain, f.payload, h["num_images"], f.settings, h["initial_words"], h["stripped_words"],
         h["buckets_sha256"],
     )  # fmt: skip
+
+
+def _load_options(cfg: DictConfig) -> dict[str, Any]:
+    """``trust_checkpoint`` and ``trusted_targets`` of the command line, for :func:`load_run`."""
+    return {"trust": bool(cfg.get("trust_checkpoint", False)), "trusted": trusted_from(cfg)}
 
 
 def split_images(datamodule: Any, split: str, num_images: int | None) -> np.ndarray:
@@ -192,7 +199,7 @@ def compress(cfg: DictConfig, record: TaskRecord) -> dict[str, float]:
 def _compress(cfg: DictConfig, out_dir: Path, info: dict[str, Any]) -> dict[str, float]:
     """The work of ``compress``; fills ``info`` (what metrics.json records besides the figures)."""
     ckpt_path = str(cfg.ckpt_path)
-    run = load_run(ckpt_path, cfg.data_dir)
+    run = load_run(ckpt_path, cfg.data_dir, **_load_options(cfg))
     model, datamodule, ckpt = run.model, run.datamodule, run.checkpoint
     info.update(
         epoch=ckpt.get("epoch"),
@@ -310,7 +317,7 @@ def _decompress(
     if not cfg.get("file"):
         raise ValueError("mode=decompress needs file=<path of a file written by vaelab-compress>")
     f = fileformat.read(cfg.file)
-    model = load_run(str(cfg.ckpt_path), cfg.data_dir).model
+    model = load_run(str(cfg.ckpt_path), cfg.data_dir, **_load_options(cfg)).model
     chain = LatentChain(model)
     fileformat.check_model(f, chain.fingerprint, str(cfg.ckpt_path))
     if tuple(f.header["image_shape"]) != chain.data_shape:
@@ -345,6 +352,7 @@ def _decompress(
 
 def run(cfg: DictConfig) -> Any:
     """Dispatch on ``cfg.mode``."""
+    check_values(cfg, "compress")  # issue 26: types and ranges, before anything loads
     torch.set_grad_enabled(False)
     if cfg.mode == "compress":
         return compress(cfg)
@@ -357,6 +365,7 @@ register_resolvers()
 
 
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="compress")
+@short_errors("vaelab-compress")  # issue 26: a bad value is one message, no traceback
 def main(cfg: DictConfig) -> None:
     """Hydra entry point."""
     run(cfg)

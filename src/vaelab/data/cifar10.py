@@ -2,21 +2,25 @@
 
 The official ``cifar-10-batches-py`` folder holds ``data_batch_1`` ... ``data_batch_5`` (10,000 images
 each) and ``test_batch``: pickled dicts with ``b"data"`` uint8 ``(N, 3072)`` (the red, green and blue
-32x32 planes in turn) and ``b"labels"``. They are decoded once to a uint8 ``(N, 3, 32, 32)`` tensor.
+32x32 planes in turn) and ``b"labels"``. They are decoded once to a uint8 ``(N, 3, 32, 32)`` tensor,
+with a restricted unpickler (numpy arrays, dicts, lists, strings and numbers; nothing that calls
+code), and every truncated, corrupt or wrongly shaped file is named with how to replace it.
 """
 
 from __future__ import annotations
 
 import pickle
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from vaelab.data import transforms as T
 from vaelab.data.base import TensorImageDataModule
-from vaelab.data.mnist import DatasetNotFoundError
+from vaelab.data.mnist import DatasetCorruptError, DatasetNotFoundError
 
 CIFAR10_FOLDER = "cifar-10-batches-py"
 TRAIN_FILES = tuple(f"data_batch_{i}" for i in range(1, 6))
@@ -64,19 +68,97 @@ def ensure_cifar10(data_dir: str, download: bool = True) -> None:
     )
 
 
+class CIFAR10BatchError(DatasetCorruptError, ValueError):
+    """A CIFAR-10 batch file is truncated, corrupt, not the official format, or carries code."""
+
+
+def _reconstruct(subtype: Any, shape: Any, dtype: Any) -> np.ndarray:
+    if subtype is not np.ndarray:
+        raise pickle.UnpicklingError(f"an array of type {subtype!r}, not numpy.ndarray")
+    return np.ndarray.__new__(np.ndarray, shape, dtype)
+
+
+def _dtype(spec: Any, *args: Any) -> np.dtype:
+    name = spec.decode("latin1") if isinstance(spec, bytes) else spec
+    if not isinstance(name, str) or name[:1] not in ("u", "i", "b", "f"):
+        raise pickle.UnpicklingError(f"a numpy dtype {spec!r}, not a plain number type")
+    return np.dtype(name, *args)
+
+
+def _latin1(text: str, encoding: str = "utf-8", *args: Any) -> bytes:
+    # How Python 3 writes bytes at pickle protocol 2: _codecs.encode(str, "latin1").
+    if encoding not in ("latin1", "latin-1"):
+        raise pickle.UnpicklingError(f"_codecs.encode with {encoding!r}, not latin1")
+    return str(text).encode("latin1")
+
+
+#: The only globals an official python-version batch needs (dicts, lists, str/bytes and ints are
+#: pickle opcodes of their own): numpy arrays and their dtypes, under numpy 1's and 2's names.
+_BATCH_GLOBALS: dict[tuple[str, str], Callable[..., Any]] = {
+    ("numpy.core.multiarray", "_reconstruct"): _reconstruct,
+    ("numpy._core.multiarray", "_reconstruct"): _reconstruct,
+    ("numpy", "ndarray"): np.ndarray,
+    ("numpy", "dtype"): _dtype,
+    ("_codecs", "encode"): _latin1,
+}
+
+
+class _BatchUnpickler(pickle.Unpickler):
+    """Unpickles dicts, lists, strings, bytes, numbers and uint8/int numpy arrays; nothing else,
+    so a file whose pickle would call anything (``__reduce__``) is refused before it runs."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        found = _BATCH_GLOBALS.get((module, name))
+        if found is None:
+            raise pickle.UnpicklingError(
+                f"it asks to call {module}.{name}, which a CIFAR-10 batch never holds (a pickle "
+                "that calls something could run any code, so it is refused unread)"
+            )
+        return found
+
+    def persistent_load(self, pid: Any) -> Any:
+        raise pickle.UnpicklingError("it holds a persistent id, which a CIFAR-10 batch never does")
+
+
+def _refuse(path: Path, what: str) -> CIFAR10BatchError:
+    return CIFAR10BatchError(
+        f"CIFAR-10 file {path}: {what}. Expected the official python-version batch (a pickled "
+        "dict with b'data', uint8 (N, 3072), and b'labels', N ints in 0..9). Replace it from "
+        "cifar-10-python.tar.gz (https://www.cs.toronto.edu/~kriz/cifar.html), or delete "
+        f"{path.parent}/ and run with data.download=true to fetch the six files anew."
+    )
+
+
 def _load_batch(path: Path) -> tuple[Tensor, Tensor]:
-    with path.open("rb") as f:
-        d = pickle.load(f, encoding="bytes")
     try:
-        data, labels = d[b"data"], d[b"labels"]
-    except KeyError as err:
-        raise ValueError(f"{path}: not a CIFAR-10 batch (missing key {err.args[0]!r})") from None
-    x = torch.as_tensor(data, dtype=torch.uint8)
-    if x.dim() != 2 or x.shape[1] != 3 * 32 * 32:
-        raise ValueError(f"{path}: expected data of shape (N, 3072), got {tuple(x.shape)}")
-    y = torch.as_tensor(labels, dtype=torch.long)
+        with path.open("rb") as f:
+            d = _BatchUnpickler(f, encoding="bytes").load()
+    except pickle.UnpicklingError as err:
+        raise _refuse(path, f"not a readable batch ({err})") from None
+    except OSError:
+        raise
+    except Exception as err:  # EOFError (truncated), ValueError, struct errors, MemoryError, ...
+        raise _refuse(path, f"truncated or corrupt ({type(err).__name__}: {err})") from None
+    if not isinstance(d, dict):
+        raise _refuse(path, f"it holds a {type(d).__name__}, not a dict")
+    for key in (b"data", b"labels"):
+        if key not in d:
+            raise _refuse(path, f"not a CIFAR-10 batch (missing key {key!r})")
+    data, labels = d[b"data"], d[b"labels"]
+    if not isinstance(data, np.ndarray) or data.dtype != np.uint8:
+        got = f"{data.dtype} array" if isinstance(data, np.ndarray) else type(data).__name__
+        raise _refuse(path, f"b'data' is a {got}, not uint8")
+    if data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
+        raise _refuse(path, f"expected data of shape (N, 3072), got {tuple(data.shape)}")
+    x = torch.from_numpy(np.ascontiguousarray(data))
+    try:
+        y = torch.as_tensor(labels, dtype=torch.long)
+    except (TypeError, ValueError, RuntimeError) as err:
+        raise _refuse(path, f"b'labels' are not integers ({err})") from None
     if y.shape != (x.shape[0],):
-        raise ValueError(f"{path}: {x.shape[0]} images but {y.numel()} labels")
+        raise _refuse(path, f"{x.shape[0]} images but {y.numel()} labels")
+    if y.numel() and not bool(((y >= 0) & (y <= 9)).all()):
+        raise _refuse(path, "labels outside 0..9")
     return x.reshape(-1, 3, 32, 32), y
 
 

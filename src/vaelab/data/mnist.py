@@ -122,12 +122,15 @@ def ensure_larochelle(data_dir: str) -> dict[str, Path]:
     return paths
 
 
-def check_idx_file(path: Path) -> None:
-    """Refuse an IDX file whose size is not what its header says (truncated, or not IDX at all).
+def check_idx_file(path: Path, shape: tuple[int | None, ...] | None = None) -> None:
+    """Refuse an IDX file whose size is not what its header says (truncated, or not IDX at all),
+    or whose dimensions are not ``shape`` (``None`` entries: any size), e.g. a labels file in the
+    images' place.
 
     Raises:
         DatasetCorruptError: naming the file, the sizes and how to replace it.
     """
+    check_idx_shape(path, shape)
     if not path.is_file():
         return  # torchvision reads the .gz, or ensure_mnist reports the missing file
     size = path.stat().st_size
@@ -149,11 +152,40 @@ def check_idx_file(path: Path) -> None:
     )
 
 
+def _idx_dims(path: Path) -> list[int] | None:
+    with path.open("rb") as f:
+        header = f.read(4)
+        if len(header) != 4 or header[:3] != b"\x00\x00\x08":
+            return None
+        dims = f.read(4 * header[3])
+    if len(dims) != 4 * header[3]:
+        return None
+    return [int.from_bytes(dims[4 * i : 4 * i + 4], "big") for i in range(header[3])]
+
+
+def check_idx_shape(path: Path, shape: tuple[int | None, ...] | None) -> None:
+    """Issue 26: refuse a valid IDX file of the wrong kind (a labels file where images belong)."""
+    if shape is None or not path.is_file():
+        return
+    dims = _idx_dims(path)
+    if dims is None:
+        return  # not IDX at all: the size check says so
+    if len(dims) != len(shape) or any(e is not None and d != e for d, e in zip(dims, shape)):
+        want = " x ".join("N" if e is None else str(e) for e in shape)
+        kind = "a labels file" if len(dims) == 1 else f"an IDX file of {len(dims)} dimensions"
+        raise DatasetCorruptError(
+            f"MNIST file {path} holds {' x '.join(map(str, dims))} values ({kind}), where "
+            f"{len(shape)}-dimensional {want} uint8 {'images' if len(shape) == 3 else 'labels'} "
+            f"are expected: it is not {path.name}. Copy the right file there (or delete "
+            f"{path.parent}/ and run with data.download=true to fetch the four files anew)."
+        )
+
+
 def read_mnist_images(data_dir: str, train: bool) -> Tensor:
     """uint8 (N, 1, 28, 28) decoded once by torchvision's IDX reader."""
     from torchvision.datasets import MNIST
 
-    check_idx_file(_raw_dir(data_dir) / MNIST_FILES[0 if train else 2])
+    check_idx_file(_raw_dir(data_dir) / MNIST_FILES[0 if train else 2], (None, 28, 28))
     ds = MNIST(data_dir, train=train, download=False)
     return ds.data.unsqueeze(1).contiguous()
 
@@ -161,7 +193,7 @@ def read_mnist_images(data_dir: str, train: bool) -> Tensor:
 def read_mnist_labels(data_dir: str, train: bool) -> Tensor:
     from torchvision.datasets import MNIST
 
-    check_idx_file(_raw_dir(data_dir) / MNIST_FILES[1 if train else 3])
+    check_idx_file(_raw_dir(data_dir) / MNIST_FILES[1 if train else 3], (None,))
     return MNIST(data_dir, train=train, download=False).targets
 
 

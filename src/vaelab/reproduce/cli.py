@@ -51,6 +51,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from vaelab.config import config_dir
+from vaelab.config_check import check_reproduce_paths
 from vaelab.reproduce.launch import (
     _now,
     describe_plan,
@@ -115,6 +116,8 @@ def reproduce(argv: Sequence[str]) -> int:
             f"{fixed[0]} would give every one of the {seeds} seeds the same seed; drop it (the "
             f"rows train with seeds 0..{seeds - 1}), or pass seeds=1"
         )
+    given = any(a.lstrip("+").startswith("out_dir=") for a in argv)  # paths stay inside logs/
+    check_reproduce_paths(str(cfg.table), budget.name, [r.id for r in rows], cfg.out_dir, given)
     out_dir = Path(cfg.out_dir)
     data_dir = _data_dir(passthrough)
     env = [f"{k}={os.environ[k]}" for k in ("OMP_NUM_THREADS",) if k in os.environ]
