@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import socket
 import time
 from pathlib import Path
@@ -27,6 +28,21 @@ STALE_AFTER_S = 60.0
 
 #: The first bytes of ``torch.save(..., _use_new_zipfile_serialization=False)``: pickle protocol 2
 #: and torch's legacy magic number 0x1950a86a20f9469cfc6c.
+# .vaelab-partial~<host>~<pid>~<random>: no "last" and no ".ckpt" in the name, so neither Lightning's
+# ModelCheckpoint nor ckpt_path=last ever mistakes a partial file for a checkpoint.
+_PARTIAL = re.compile(r"^\.vaelab-partial~(?P<host>[^~]+)~(?P<pid>\d+)~[0-9a-f]+$")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
 LEGACY_MAGIC = b"\x80\x02\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19"
 
 
@@ -36,8 +52,6 @@ def clean_stale_partials(root: str | os.PathLike[str], min_age_s: float = STALE_
     Returns:
         The number of bytes freed.
     """
-    from vaelab.checkpoints import _PARTIAL, _alive
-
     root = Path(root)
     if not root.is_dir():
         return 0

@@ -28,7 +28,6 @@ import logging
 import math
 import os
 import pickle
-import re
 import secrets
 import shutil
 import socket
@@ -45,7 +44,7 @@ from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from omegaconf import DictConfig
 from torch import nn
 
-from vaelab.checkpoint_hygiene import legacy_format_problem
+from vaelab.checkpoint_hygiene import _PARTIAL, _alive, legacy_format_problem
 from vaelab.safe_config import stored_config
 from vaelab.training import EXECUTION_KEYS
 
@@ -135,21 +134,6 @@ def non_finite_weights(state_dict: Mapping[str, Any]) -> list[str]:
 
 
 # -- writing ---------------------------------------------------------------------------------------
-# .vaelab-partial~<host>~<pid>~<random>: no "last" and no ".ckpt" in the name, so neither Lightning's
-# ModelCheckpoint nor ckpt_path=last ever mistakes a partial file for a checkpoint.
-_PARTIAL = re.compile(r"^\.vaelab-partial~(?P<host>[^~]+)~(?P<pid>\d+)~[0-9a-f]+$")
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's live process
-        return True
-    return True
-
-
 def clean_partial_files(folder: str | os.PathLike[str]) -> list[Path]:
     """Remove the partial files that dead writers on this host left in ``folder``; returns them.
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from vaelab.config_check import register_resolvers as register_checks
 from vaelab.optim import iwae_epochs
 
 
@@ -73,8 +74,6 @@ def register_resolvers() -> None:
         "vaelab.unique": (unique_tag, True),
         "vaelab.config_groups": (config_groups, False),
     }
-    from vaelab.config_check import register_resolvers as register_checks  # issue 26
-
     register_checks()  # ${vaelab.subdir:...}: path-forming names stay inside their root
     for name, (fn, cache) in resolvers.items():
         if not OmegaConf.has_resolver(name):

@@ -7,7 +7,7 @@ are refused in one short message that names the key, the value, what is allowed 
 works, instead of an ``AssertionError`` from Lightning's fit loop after the data loaded (or
 "negative dimension -6" from torch). The per-key rules are :data:`RULES` (patterns over the
 flattened key, ``*`` matching any part of it); keys the rules do not name are left to the classes
-they configure. :func:`short_errors` prints such refusals (and vaelab's other errors about the
+they configure. :func:`vaelab.tasks.short_errors` prints such refusals (and vaelab's other errors about the
 user's input: a refused checkpoint or stored config, a missing or damaged data file) without a
 traceback; ``HYDRA_FULL_ERROR=1`` shows the traceback, as for any Hydra app.
 
@@ -22,13 +22,12 @@ before any folder is made. Paths the user gives as paths (``paths.log_dir``, ``c
 from __future__ import annotations
 
 import fnmatch
-import functools
 import math
 import os
 import re
 import shlex
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -325,38 +324,6 @@ def check_values(cfg: DictConfig, entry: str, prog: str | None = None) -> None:
 
 
 # -- reporting -------------------------------------------------------------------------------------
-def _user_errors() -> tuple[type[BaseException], ...]:
-    from vaelab.checkpoints import CheckpointError
-    from vaelab.data.mnist import DatasetNotFoundError
-    from vaelab.safe_config import UntrustedConfigError
-
-    return (ConfigValueError, CheckpointError, DatasetNotFoundError, UntrustedConfigError)
-
-
-def short_errors(prog: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Decorate a Hydra task function: errors about the user's input (:class:`ConfigValueError`,
-    a refused checkpoint or stored config, a missing or damaged data file) print their message
-    only and exit 1; ``HYDRA_FULL_ERROR=1`` raises them as usual (the full traceback)."""
-
-    def wrap(fn: Callable[..., Any]) -> Callable[..., Any]:
-        @functools.wraps(fn)
-        def run(*args: Any, **kwargs: Any) -> Any:
-            try:
-                return fn(*args, **kwargs)
-            except _user_errors() as err:
-                if os.environ.get("HYDRA_FULL_ERROR") == "1":
-                    raise
-                print(
-                    f"{prog}: error: {err}\n(HYDRA_FULL_ERROR=1 shows the traceback)",
-                    file=sys.stderr,
-                )
-                sys.exit(1)
-
-        return run
-
-    return wrap
-
-
 register_resolvers()
 
 __all__ = [
@@ -368,5 +335,4 @@ __all__ = [
     "check_values",
     "name_problem",
     "register_resolvers",
-    "short_errors",
 ]

@@ -31,10 +31,10 @@ from omegaconf import DictConfig
 from vaelab.callbacks.eval_progress import EvaluationProgressLog
 from vaelab.checkpoints import AtomicCheckpointIO, load_run
 from vaelab.config import config_dir, register_resolvers
-from vaelab.config_check import check_values, short_errors
+from vaelab.config_check import check_values
 from vaelab.safe_config import trusted_from
 from vaelab.stop import check_num_samples, stop_on_sigterm
-from vaelab.tasks import TaskRecord, metrics_path, task_wrapper
+from vaelab.tasks import TaskRecord, metrics_path, short_errors, task_wrapper
 from vaelab.training import quiet_lightning
 from vaelab.utils import print_summary, to_float_dict
 
@@ -140,7 +140,7 @@ register_resolvers()
 
 
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="eval")
-@short_errors("vaelab-eval")  # issue 26: a bad value is one message, no traceback
+@short_errors("vaelab-eval")  # a bad value is one message, no traceback
 def main(cfg: DictConfig) -> None:
     """Hydra entry point."""
     evaluate(cfg)

@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
+import sys
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -32,7 +34,11 @@ from typing import Any, Concatenate, ParamSpec, TypeVar, overload
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig
 
+from vaelab.checkpoints import CheckpointError
+from vaelab.config_check import ConfigValueError
+from vaelab.data.mnist import DatasetNotFoundError
 from vaelab.runlock import run_dir_lock
+from vaelab.safe_config import UntrustedConfigError
 from vaelab.stop import stopped_from
 from vaelab.utils import write_metrics
 
@@ -171,4 +177,37 @@ def task_wrapper(task: Any = None, *, path: Callable[[DictConfig], Path] = metri
     return decorate if task is None else decorate(task)
 
 
-__all__ = ["TaskRecord", "metrics_path", "task_wrapper"]
+#: Errors about the user's input: :func:`short_errors` prints their message alone.
+USER_ERRORS: tuple[type[BaseException], ...] = (
+    ConfigValueError,
+    CheckpointError,
+    DatasetNotFoundError,
+    UntrustedConfigError,
+)
+
+
+def short_errors(prog: str) -> Callable[[Callable[P, R]], Callable[P, R]]:
+    """Decorate a Hydra task function: errors about the user's input (:data:`USER_ERRORS`: a bad
+    config value, a refused checkpoint or stored config, a missing or damaged data file) print
+    their message only and exit 1; ``HYDRA_FULL_ERROR=1`` raises them as usual (the traceback)."""
+
+    def wrap(fn: Callable[P, R]) -> Callable[P, R]:
+        @functools.wraps(fn)
+        def run(*args: P.args, **kwargs: P.kwargs) -> R:
+            try:
+                return fn(*args, **kwargs)
+            except USER_ERRORS as err:
+                if os.environ.get("HYDRA_FULL_ERROR") == "1":
+                    raise
+                print(
+                    f"{prog}: error: {err}\n(HYDRA_FULL_ERROR=1 shows the traceback)",
+                    file=sys.stderr,
+                )
+                sys.exit(1)
+
+        return run
+
+    return wrap
+
+
+__all__ = ["USER_ERRORS", "TaskRecord", "metrics_path", "short_errors", "task_wrapper"]

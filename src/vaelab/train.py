@@ -35,13 +35,13 @@ from vaelab.checkpoints import (
     read_checkpoint,
 )
 from vaelab.config import config_dir, register_resolvers
-from vaelab.config_check import check_values, short_errors
+from vaelab.config_check import check_values
 from vaelab.distributed import hydra_ddp_jobs
 from vaelab.extras import check_command_line
 from vaelab.lit import GenerativeModule
 from vaelab.loggers import continue_wandb_runs, finish_loggers, is_wandb_logger_config
 from vaelab.stop import stop_on_sigterm
-from vaelab.tasks import TaskRecord, task_wrapper
+from vaelab.tasks import TaskRecord, short_errors, task_wrapper
 from vaelab.training import quiet_lightning
 from vaelab.utils import print_summary, to_float_dict
 
@@ -300,7 +300,7 @@ register_resolvers()
 
 
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="train")
-@short_errors("vaelab-train")  # issue 26: a bad value is one message, no traceback
+@short_errors("vaelab-train")  # a bad value is one message, no traceback
 def hydra_main(cfg: DictConfig) -> float | None:
     """Hydra entry point; returns ``optimized_metric`` for sweepers."""
     with hydra_ddp_jobs("vaelab.train"):  # DDP children start this job, not the whole sweep

@@ -190,7 +190,7 @@ def test_the_cli_prints_one_short_message(fake_mnist: Path, tmp_path: Path) -> N
 def test_the_traceback_comes_with_hydra_full_error(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from vaelab.config_check import short_errors
+    from vaelab.tasks import short_errors
 
     @short_errors("vaelab-x")
     def task() -> None:

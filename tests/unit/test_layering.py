@@ -41,7 +41,16 @@ LAYERS: list[tuple[str, ...]] = [
     ("vaelab.models",),
     ("vaelab.objectives",),
     ("vaelab.data", "vaelab.nn", "vaelab.distributions", "vaelab.flows"),
-    ("vaelab.units", "vaelab.extras", "vaelab.config", "vaelab.optim"),
+    ("vaelab.config", "vaelab.extras"),
+    (
+        "vaelab.units",
+        "vaelab.optim",
+        "vaelab.config_check",
+        "vaelab.safe_config",
+        "vaelab.checkpoint_hygiene",
+        "vaelab.runlock",
+        "vaelab.stop",
+    ),
 ]
 
 #: Arrows that point up, each with the reason it is allowed (empty: there are none).

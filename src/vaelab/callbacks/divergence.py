@@ -20,7 +20,7 @@ from typing import Any
 
 import lightning as L
 
-from vaelab.evaluation.units import has_bits_per_dim
+from vaelab.units import has_bits_per_dim
 
 
 class DivergedError(FloatingPointError):
@@ -37,7 +37,7 @@ def uniform_bits_per_dim(data_kind: str | None) -> float:
 def pixel_bits_per_dim(nll: float, num_dims: int, data_kind: str | None) -> float:
     """``nll`` (nats per image, in the model's data space) in bits per pixel dimension.
 
-    Binary and dequantized data: ``vaelab.evaluation.units.bits_per_dim``. ``unit`` data
+    Binary and dequantized data: ``vaelab.units.bits_per_dim``. ``unit`` data
     (``x / 255``, no bits/dim defined): the density is moved to pixel space (``+ D ln 255``) for
     this range check only.
     """

@@ -48,9 +48,9 @@ from vaelab.compression import fileformat
 from vaelab.compression.bbans import CoderSettings, DecodeError, check_binary, decode, encode
 from vaelab.compression.chain import LatentChain
 from vaelab.config import config_dir, register_resolvers
-from vaelab.config_check import check_values, short_errors
+from vaelab.config_check import check_values
 from vaelab.safe_config import trusted_from
-from vaelab.tasks import TaskRecord, task_wrapper
+from vaelab.tasks import TaskRecord, short_errors, task_wrapper
 from vaelab.units import bits_per_dim
 from vaelab.utils import write_metrics
 
@@ -365,7 +365,7 @@ register_resolvers()
 
 
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="compress")
-@short_errors("vaelab-compress")  # issue 26: a bad value is one message, no traceback
+@short_errors("vaelab-compress")  # a bad value is one message, no traceback
 def main(cfg: DictConfig) -> None:
     """Hydra entry point."""
     run(cfg)

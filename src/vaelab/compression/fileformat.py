@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from vaelab.checkpoints import atomic_write
 from vaelab.compression._coder import version as constriction_version
 from vaelab.compression.bbans import CoderSettings, Encoded
 
@@ -100,8 +101,6 @@ def write(path: str | Path, head: dict[str, Any], payload: np.ndarray) -> int:
     Raises:
         vaelab.checkpoints.DiskFullError: no space left on the file's device (the file named).
     """
-    from vaelab.checkpoints import atomic_write
-
     data = to_bytes(head, payload)
     atomic_write(path, lambda f: f.write(data))
     return len(data)
