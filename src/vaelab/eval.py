@@ -45,7 +45,9 @@ class NonFiniteResultError(FloatingPointError):
     """An evaluation produced a NaN or infinite figure."""
 
 
-@quiet_lightning()  # Lightning's noise that is not the user's concern, for this run only
+@quiet_lightning(
+    test_only=True
+)  # Lightning's noise that is not the user's concern, for this run only
 def evaluate(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     """Test the checkpoint ``cfg.ckpt_path``; returns ``(metrics, objects)``, writes metrics.json.
 

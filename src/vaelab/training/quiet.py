@@ -41,8 +41,8 @@ _LOGGER = "lightning.pytorch.utilities.rank_zero"
 _LINES = (
     # callback_connector: vaelab's callbacks hold a RichModelSummary, as configured.
     "Trainer already configured with model summary callbacks",
-    # logger_connector: an advertisement for a logger vaelab does not use.
-    "Tip: For seamless cloud logging",
+    # logger_connector and callback_connector: advertisements for litlogger and litmodels.
+    "Tip: For seamless cloud ",
 )
 
 
@@ -52,18 +52,25 @@ class _DropLines(logging.Filter):
         return not any(line in message for line in _LINES)
 
 
+# Only where a checkpoint is tested, never resumed (vaelab-eval): Lightning asks for the training
+# callbacks whose state the checkpoint holds; testing needs none of them.
+_TEST_ONLY_WARNINGS: tuple[tuple[str, type[Warning]], ...] = (
+    (r"Be aware that when using `ckpt_path`, callbacks used to create the checkpoint", UserWarning),
+)
+
+
 @contextlib.contextmanager
-def quiet_lightning() -> Iterator[None]:
+def quiet_lightning(test_only: bool = False) -> Iterator[None]:
     """Silence Lightning's noise that is not the user's concern, for the ``with`` block only.
 
     Also a decorator (``@quiet_lightning()``). Warnings are filtered with
     ``warnings.catch_warnings`` (the filters are put back on exit) and the info lines by a
-    ``logging.Filter`` removed on exit.
+    ``logging.Filter`` removed on exit. ``test_only``: the block only tests checkpoints (no fit).
     """
     drop = _DropLines()
     log = logging.getLogger(_LOGGER)
     with warnings.catch_warnings():
-        for message, category in _WARNINGS:
+        for message, category in _WARNINGS + (_TEST_ONLY_WARNINGS if test_only else ()):
             warnings.filterwarnings("ignore", message=message, category=category)
         log.addFilter(drop)
         try:
