@@ -152,6 +152,14 @@ class RunDirLockCallback(HydraCallback):
     def __init__(self) -> None:
         self._held: contextlib.ExitStack | None = None
 
+    def __getstate__(self) -> dict[str, Any]:
+        # Launchers that run jobs in other processes (joblib) pickle the callbacks: a copy holds
+        # nothing (the lock stays with the process that took it).
+        return {}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self._held = None
+
     def _take(self, folder: Any) -> None:
         stack = contextlib.ExitStack()
         try:
