@@ -214,7 +214,7 @@ RULES: dict[str, dict[str, Rule]] = {
         "model*.objective.iwae_samples": Int(1, example=1),
         "model*.objective.elbo_samples": Int(1, example=1),
         "model*.objective.warmup_steps": Int(0, example=0),
-        "optimizer.lr": Float(0, low_open=True, example=0.001),
+        "optimizer.lr": Float(0, example=0.001),  # 0: frozen weights (torch allows it)
         "optimizer.weight_decay": Float(0, example=0.0),
         "optimizer.eps": Float(0, low_open=True, example=1e-8),
         "eval.num_samples": Int(1, example=5000),
@@ -333,10 +333,21 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     return (ConfigValueError, CheckpointError, DatasetNotFoundError, UntrustedConfigError)
 
 
+def _multirun() -> bool:
+    try:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+    except Exception:  # pragma: no cover - outside Hydra
+        return False
+
+
 def short_errors(prog: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Decorate a Hydra task function: errors about the user's input (:class:`ConfigValueError`,
     a refused checkpoint or stored config, a missing or damaged data file) print their message
-    only and exit 1; ``HYDRA_FULL_ERROR=1`` raises them as usual (the full traceback)."""
+    only and exit 1; ``HYDRA_FULL_ERROR=1`` raises them as usual (the full traceback), and so does
+    a ``--multirun`` job (so that the sweep's other jobs still run, as Hydra runs them)."""
 
     def wrap(fn: Callable[..., Any]) -> Callable[..., Any]:
         @functools.wraps(fn)
@@ -344,8 +355,8 @@ def short_errors(prog: str) -> Callable[[Callable[..., Any]], Callable[..., Any]
             try:
                 return fn(*args, **kwargs)
             except _user_errors() as err:
-                if os.environ.get("HYDRA_FULL_ERROR") == "1":
-                    raise
+                if os.environ.get("HYDRA_FULL_ERROR") == "1" or _multirun():
+                    raise  # a sweep's other jobs still run; Hydra reports the failed one
                 print(
                     f"{prog}: error: {err}\n(HYDRA_FULL_ERROR=1 shows the traceback)",
                     file=sys.stderr,
