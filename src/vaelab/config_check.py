@@ -215,7 +215,7 @@ RULES: dict[str, dict[str, Rule]] = {
         "model*.objective.iwae_samples": Int(1, example=1),
         "model*.objective.elbo_samples": Int(1, example=1),
         "model*.objective.warmup_steps": Int(0, example=0),
-        "optimizer.lr": Float(0, low_open=True, example=0.001),
+        "optimizer.lr": Float(0, example=0.001),  # 0: frozen weights (torch allows it)
         "optimizer.weight_decay": Float(0, example=0.0),
         "optimizer.eps": Float(0, low_open=True, example=1e-8),
         "eval.num_samples": Int(1, example=5000),

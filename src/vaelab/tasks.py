@@ -31,6 +31,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Concatenate, ParamSpec, TypeVar, overload
 
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig
 
@@ -186,10 +188,16 @@ USER_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
+def _multirun() -> bool:
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
 def short_errors(prog: str) -> Callable[[Callable[P, R]], Callable[P, R]]:
     """Decorate a Hydra task function: errors about the user's input (:data:`USER_ERRORS`: a bad
     config value, a refused checkpoint or stored config, a missing or damaged data file) print
-    their message only and exit 1; ``HYDRA_FULL_ERROR=1`` raises them as usual (the traceback)."""
+    their message only and exit 1; ``HYDRA_FULL_ERROR=1`` raises them as usual (the traceback),
+    and so does a ``--multirun`` job (so that the sweep's other jobs still run, as Hydra runs
+    them)."""
 
     def wrap(fn: Callable[P, R]) -> Callable[P, R]:
         @functools.wraps(fn)
@@ -197,8 +205,8 @@ def short_errors(prog: str) -> Callable[[Callable[P, R]], Callable[P, R]]:
             try:
                 return fn(*args, **kwargs)
             except USER_ERRORS as err:
-                if os.environ.get("HYDRA_FULL_ERROR") == "1":
-                    raise
+                if os.environ.get("HYDRA_FULL_ERROR") == "1" or _multirun():
+                    raise  # a sweep's other jobs still run; Hydra reports the failed one
                 print(
                     f"{prog}: error: {err}\n(HYDRA_FULL_ERROR=1 shows the traceback)",
                     file=sys.stderr,
