@@ -675,3 +675,37 @@ def test_validation_asked_for_without_validation_data_is_an_error(
     write_table(path, [{**vae_row("r", 1, "data.val_size=10"), "data": "full"}])
     with pytest.raises(rp.ReproduceError, match=r"data.val_size=10 contradicts its data protocol"):
         rp.load_table(str(path))
+
+
+def test_reproduced_over_seeds_allows_the_tolerance_plus_two_seed_standard_errors(
+    tmp_path: Path,
+) -> None:
+    """At the paper's budget, a seeded cell is yes when |mean − published| ≤ tolerance + 2 s.e.
+    over seeds, no beyond that, and — until every seed has finished (no jobs run here)."""
+    import statistics
+
+    from vaelab.reproduce.cells import reproduced_over_seeds
+
+    table = rp.load_table("bbans")
+    budget, row = table.budget("cpu"), next(r for r in table.rows if r.id == "compress")
+
+    def result(values: list[float], status: str = "ok") -> rp.RowResult:
+        states = []
+        for seed, v in enumerate(values):
+            m = {"status": status if seed == 0 else "ok", "epochs": 20, "compress/bpd": v}
+            states.append(rp.RowState(row, tmp_path / str(seed), m, None, seed=seed))
+        return rp.RowResult(row, states)
+
+    def cell(values: list[float], status: str = "ok") -> str:
+        res = result(values, status)
+        return reproduced_over_seeds(table, budget, res, "compress/bpd", res.stats("compress/bpd"))
+
+    inside = [0.1940, 0.1942, 0.1938]
+    assert cell(inside).startswith("yes (|ours − published| 0.00400 vs ")
+    edge = [0.1950, 0.1952, 0.1954]  # mean 0.1952: 0.0002 beyond 0.005, s.e. 0.000115
+    se = statistics.stdev(edge) / 3**0.5
+    assert 2 * se >= 0.0052 - 0.005
+    assert cell(edge).startswith("yes")
+    far = [0.1970, 0.1971, 0.1969]
+    assert cell(far) == "no (|ours − published| 0.00700 vs tolerance + 2 s.e. 0.00512)"
+    assert cell(inside, status="failed: x") == "—"
