@@ -1265,6 +1265,9 @@ def plot_sweep(table: Table, states: Sequence[RowState], path: Path, budget: Bud
         else str(table.raw["x_label"])
     )
     ax.set_ylabel(f"{metric} ({table.unit})")
+    vals = [p[1] for p in pts + base]
+    if min(vals) > 0 and max(vals) / min(vals) > 20:  # e.g. -ELBO from 20,000 (T = 1) to 118
+        ax.set_yscale("log")
     ax.set_title(f"{table.name} (budget {budget.name})", fontsize=10)
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
