@@ -249,6 +249,9 @@ def plot_sweep(
         ax.axhline(v, color=f"C{i + 1}", ls="--", lw=1, label=f"{row.label}: {v:.1f} ± {se:.1f}")
     ax.set_xlabel(str(table.raw.get("x_label") or "x (row parameter; ∞ at the right)"))
     ax.set_ylabel(f"{metric} ({table.unit})")
+    vals = [p[1] for p in pts + base]
+    if min(vals) > 0 and max(vals) / min(vals) > 20:  # e.g. -ELBO from 20,000 (T = 1) to 118
+        ax.set_yscale("log")
     ax.set_title(f"{table.name} (budget {budget.name})", fontsize=10)
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
