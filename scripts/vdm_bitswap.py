@@ -14,8 +14,8 @@ import time
 
 import torch
 
+from vaelab import load_run
 from vaelab.compression import CoderSettings, decode, encode
-from vaelab.compression.cli import load_run
 from vaelab.compression.diffusion_chain import DiffusionChain
 
 
@@ -23,7 +23,8 @@ def main() -> None:
     ckpt, n = sys.argv[1], int(sys.argv[2])
     pp = int(sys.argv[3]) if len(sys.argv) > 3 else 8
     lp = int(sys.argv[4]) if len(sys.argv) > 4 else 14
-    model, dm, _ = load_run(ckpt)
+    run = load_run(ckpt)
+    model, dm = run.model, run.datamodule
     dm.setup()
     x = dm.batch("test", n).cpu()
     chain = DiffusionChain(model)

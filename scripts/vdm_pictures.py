@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from torchvision.utils import save_image
 
-from vaelab.compression.cli import load_run
+from vaelab import load_run
 from vaelab.viz import denoising_grid, sample_grid, snr_curve
 
 
@@ -25,7 +25,7 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--num-samples", type=int, default=64)
     args = p.parse_args()
-    model, _, _ = load_run(args.checkpoint)
+    model = load_run(args.checkpoint).model
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     with torch.no_grad():
