@@ -8,7 +8,7 @@ from vaelab import config as _config  # noqa: F401  (registers the OmegaConf res
 from vaelab.models.base import GenerativeModel, Terms
 
 if TYPE_CHECKING:  # pragma: no cover
-    from vaelab.checkpoints import LoadedRun, load_run
+    from vaelab.runs import LoadedRun, load_run
 
 __all__ = ["GenerativeModel", "LoadedRun", "Terms", "load_run"]
 __version__ = "0.1.0"
@@ -16,9 +16,9 @@ __version__ = "0.1.0"
 
 def __getattr__(name: str) -> Any:
     """``vaelab.load_run`` / ``vaelab.LoadedRun``, imported on first use: every ``import
-    vaelab.<module>`` runs this file, and ``vaelab.checkpoints`` imports Lightning (seconds)."""
+    vaelab.<module>`` runs this file, and ``vaelab.runs`` imports Lightning (seconds)."""
     if name in ("load_run", "LoadedRun"):
-        from vaelab import checkpoints
+        from vaelab import runs
 
-        return getattr(checkpoints, name)
+        return getattr(runs, name)
     raise AttributeError(f"module 'vaelab' has no attribute {name!r}")

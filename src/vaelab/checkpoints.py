@@ -10,12 +10,8 @@
   at any moment leaves either the old file or the new one, never a truncated one. Lightning's own
   save writes the temporary file in ``$TMPDIR`` and moves it, which is a truncating copy when
   ``$TMPDIR`` is another filesystem. Partial files of dead writers are removed on the next write.
-- **Resuming** (:func:`find_resume_checkpoint`, :func:`config_differences`): ``ckpt_path=last``
-  continues only a run whose stored model / data / objective / optimizer config equals the current
-  one; a changed config is refused with the differing keys named.
-- **Rebuilding** (:func:`load_run`, exported as ``vaelab.load_run``): the model with its weights,
-  the datamodule, the run's config and its ``metrics.json``, from a run folder or a checkpoint
-  (what ``vaelab-eval``, ``vaelab-compress`` and the notebooks use).
+Which run a resume continues is :mod:`vaelab.resume`; rebuilding a finished run
+(``vaelab.load_run``) is :mod:`vaelab.runs`. Both read files through this module.
 """
 
 from __future__ import annotations
@@ -23,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import glob
-import json
 import logging
 import math
 import os
@@ -32,21 +27,14 @@ import secrets
 import shutil
 import socket
 import zipfile
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import IO, Any
 
-import lightning as L
 import torch
-from hydra.utils import instantiate
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
-from omegaconf import DictConfig
-from torch import nn
 
 from vaelab.checkpoint_hygiene import _PARTIAL, _alive, legacy_format_problem
-from vaelab.safe_config import stored_config
-from vaelab.training import EXECUTION_KEYS
 
 log = logging.getLogger(__name__)
 
@@ -395,357 +383,17 @@ def finite_checkpoint_note(trainer: Any) -> str:
     return note
 
 
-# -- which run a resume continues ------------------------------------------------------------------
-#: Config sections that must be equal for a resume (the run's model, data, objective and optimizer).
-RESUME_KEYS = ("seed", "model", "data", "optimizer", "scheduler", "module")
-#: Keys inside them that may change between runs: where the data is, and evaluation-only settings.
-RESUME_FREE = (
-    "data.data_dir",
-    "data.download",
-    "data.on_device",
-    "data.eval_batch_size",
-    "data.eval_seed",
-    "module.val_num_samples",
-    "module.test_num_samples",
-    "module.eval_seed",
-    "module.active_units",
-    # How the steps run, not what they compute (vaelab.training.EXECUTION_KEYS).
-    *EXECUTION_KEYS,
-)
-
-
-def _flatten(node: Any, prefix: str) -> Iterator[tuple[str, Any]]:
-    if isinstance(node, Mapping):
-        if not node:
-            yield prefix, {}
-        for k, v in node.items():
-            yield from _flatten(v, f"{prefix}.{k}" if prefix else str(k))
-    else:
-        yield prefix, node
-
-
-def config_differences(
-    saved: Mapping[str, Any],
-    current: Mapping[str, Any],
-    keys: Sequence[str] | None = RESUME_KEYS,
-    free: Sequence[str] = RESUME_FREE,
-) -> list[tuple[str, Any, Any]]:
-    """``[(dotted key, saved value, current value)]`` where two plain config dicts differ.
-
-    Args:
-        saved: the config a run was made with (e.g. a checkpoint's, or its ``.hydra/config.yaml``).
-        current: the config asked for now.
-        keys: the top-level keys compared (default :data:`RESUME_KEYS`, what a resume must keep);
-            ``None`` compares every key of either config.
-        free: dotted keys (and everything under them) that may differ (default
-            :data:`RESUME_FREE`). A key absent on one side reads as ``None`` there.
-    """
-    missing = object()
-    if keys is None:
-        keys = sorted(set(saved) | set(current))
-    a = dict(_flatten({k: saved.get(k) for k in keys}, ""))
-    b = dict(_flatten({k: current.get(k) for k in keys}, ""))
-    out = []
-    for key in sorted(set(a) | set(b)):
-        if any(key == f or key.startswith(f + ".") for f in free):
-            continue
-        va, vb = a.get(key, missing), b.get(key, missing)
-        if va != vb:
-            out.append((key, None if va is missing else va, None if vb is missing else vb))
-    return out
-
-
-def describe_differences(diffs: list[tuple[str, Any, Any]], limit: int = 8) -> str:
-    parts = [f"{k}: {a!r} in the checkpoint, {b!r} now" for k, a, b in diffs[:limit]]
-    if len(diffs) > limit:
-        parts.append(f"... and {len(diffs) - limit} more")
-    return "; ".join(parts)
-
-
-def stored_job_num(ckpt: Mapping[str, Any]) -> int | None:
-    """The Hydra multirun job number saved by ``vaelab.callbacks.ResumeState``, if any."""
-    state = (ckpt.get("callbacks") or {}).get("ResumeState") or {}
-    num = state.get("job_num")
-    return int(num) if num is not None else None
-
-
-#: Keys a re-run sweep may change for all its jobs without changing which checkpoint is whose: where
-#: files go, how long to train, what to log and evaluate, how to resume.
-JOB_FREE = (
-    "ckpt_path",
-    "trust_checkpoint",
-    "resume_strict",
-    "paths",
-    "hydra",
-    "task_name",
-    "tags",
-    "train",
-    "test",
-    "eval",
-    "logger",
-    "callbacks",
-    "optimized_metric",
-    "trainer.max_epochs",
-    "trainer.max_steps",
-    "trainer.max_time",
-    "trainer.min_epochs",
-    "trainer.min_steps",
-    "trainer.enable_progress_bar",
-    "trainer.log_every_n_steps",
-    *RESUME_FREE,
-)
-
-
-def _override_key(override: str) -> str | None:
-    """``trainer.gradient_clip_val`` of ``+trainer.gradient_clip_val=1`` (None for a bare word)."""
-    key = override.split("=", 1)[0].strip().lstrip("+~")
-    key = key.split("@", 1)[0]  # group@package=option: the group
-    return key or None
-
-
-def _lookup(config: Mapping[str, Any], key: str) -> Any:
-    node: Any = config
-    for part in key.split("."):
-        if not isinstance(node, Mapping) or part not in node:
-            return None
-        node = node[part]
-    return node
-
-
-def job_identity_differences(
-    saved: Mapping[str, Any], current: Mapping[str, Any], job_overrides: Sequence[str]
-) -> list[tuple[str, Any, Any]]:
-    """The keys this sweep job sets on its command line (its swept values among them) whose value
-    in the checkpoint's stored config differs from this run's, minus :data:`JOB_FREE`.
-
-    A checkpoint of another job of the same sweep (``trainer.gradient_clip_val=0.01`` where this
-    job has ``100``) differs here even where :func:`config_differences` finds nothing.
-    """
-    out = []
-    for key in dict.fromkeys(k for k in map(_override_key, job_overrides) if k):
-        if any(key == f or key.startswith(f + ".") for f in JOB_FREE):
-            continue
-        a, b = _lookup(saved, key), _lookup(current, key)
-        if a != b:
-            out.append((key, a, b))
-    return out
-
-
-def find_resume_checkpoint(
-    log_dir: str | os.PathLike[str],
-    task_name: str,
-    config: Mapping[str, Any],
-    job_num: int | None = None,
-    trust: bool = False,
-    job_overrides: Sequence[str] | None = None,
-) -> tuple[Path | None, str]:
-    """The ``last.ckpt`` that ``ckpt_path=last`` continues: the newest under ``log_dir/task_name``
-    whose stored config matches ``config`` (:func:`config_differences`).
-
-    Under a multirun (``job_overrides``: this job's command-line overrides, not None), only a
-    checkpoint of *this job* qualifies: one whose stored config also has this job's value of every
-    key the job sets (:func:`job_identity_differences`; so another job's checkpoint never does,
-    whatever the job numbers), the one of the same job number first. A job with none starts
-    afresh. Returns ``(path or None, why none matched)``.
-
-    Raises:
-        CheckpointError: a candidate newer than the chosen one (or than every candidate, when none
-            matches) cannot be read: it may be this run's, so it is not silently passed over.
-    """
-    root = Path(log_dir) / task_name
-    found = sorted(
-        root.glob("**/checkpoints/last*.ckpt"), key=lambda q: q.stat().st_mtime, reverse=True
-    )
-    if not found:
-        return None, f"no last.ckpt under {root}/"
-    matches: list[tuple[Path, int | None]] = []
-    first_mismatch = ""
-    for p in found:
-        try:
-            ckpt = read_checkpoint(p, trust=trust, mmap=True)  # the config, not the tensors
-        except CheckpointError as err:
-            if not matches:
-                raise CheckpointError(
-                    f"ckpt_path=last: the newest checkpoint of task {task_name!r} cannot be "
-                    f"used: {err}. Pass ckpt_path=<another checkpoint>, or move the file away."
-                ) from err
-            break
-        saved = ckpt.get("vaelab_config")
-        if saved is None:
-            first_mismatch = first_mismatch or f"{p} holds no vaelab config"
-            continue
-        diffs = config_differences(saved, config)
-        if not diffs and job_overrides is not None:
-            diffs = job_identity_differences(saved, config, job_overrides)
-            if diffs:
-                first_mismatch = first_mismatch or (
-                    f"{p} is another sweep job's: {describe_differences(diffs)}"
-                )
-                continue
-        if diffs:
-            first_mismatch = first_mismatch or f"{p} differs: {describe_differences(diffs)}"
-            continue
-        matches.append((p, stored_job_num(ckpt)))
-        if job_num is None or stored_job_num(ckpt) == job_num:
-            return p, ""
-    if matches:
-        return matches[0][0], ""
-    return None, (
-        f"no last.ckpt under {root}/ was trained with this config (the newest: {first_mismatch})"
-    )
-
-
-# -- rebuilding a run ------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class LoadedRun:
-    """A trained run rebuilt from its checkpoint (:func:`load_run`).
-
-    Attributes:
-        model: the ``GenerativeModel`` with the checkpoint's weights, on the CPU, in eval mode.
-        datamodule: the run's DataModule (not set up), reading from this machine's data folder.
-        config: the run's resolved config, as ``vaelab-train`` stored it in the checkpoint.
-        metrics: the run's ``metrics.json`` (``{}`` when the run folder has none).
-        checkpoint: the checkpoint itself, read weights-only (``epoch``, ``global_step``, ...).
-        checkpoint_path: the file the weights came from.
-    """
-
-    model: nn.Module
-    datamodule: L.LightningDataModule
-    config: DictConfig
-    metrics: dict[str, Any]
-    checkpoint: dict[str, Any]
-    checkpoint_path: Path
-
-
-def run_checkpoint(path: str | os.PathLike[str]) -> Path:
-    """The checkpoint a run folder stands for: its ``metrics.json``'s ``best_checkpoint``, else
-    its ``last_checkpoint``, else ``checkpoints/last.ckpt``; a file is itself.
-
-    A path recorded in ``metrics.json`` that no longer exists (the folder was moved) is looked up
-    by name in the folder's ``checkpoints/``.
-
-    Raises:
-        CheckpointError: the path does not exist, or the folder holds no checkpoint.
-    """
-    p = Path(path).expanduser()
-    if not p.is_dir():
-        return p  # read_checkpoint names a missing file
-    recorded = _read_metrics(p / "metrics.json")
-    for key in ("best_checkpoint", "last_checkpoint"):
-        value = recorded.get(key)
-        if value:
-            for candidate in (Path(value), p / "checkpoints" / Path(value).name):
-                if candidate.is_file():
-                    return candidate
-    last = p / "checkpoints" / "last.ckpt"
-    if last.is_file():
-        return last
-    raise CheckpointError(
-        f"run folder {_describe(p)} holds no checkpoint (no best_checkpoint or last_checkpoint "
-        "in its metrics.json, no checkpoints/last.ckpt); pass a .ckpt file, e.g. "
-        "<run>/checkpoints/last.ckpt of a run of vaelab-train"
-    )
-
-
-def _read_metrics(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        return {}
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError) as err:
-        log.warning("could not read %s (%s); the run's metrics are left out", path, err)
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
-def load_run(
-    path: str | os.PathLike[str],
-    data_dir: str | os.PathLike[str] | None = None,
-    trust: bool = False,
-    trusted: Sequence[str] = (),
-) -> LoadedRun:
-    """Rebuild a ``vaelab-train`` run: model with its weights, datamodule, config and metrics.
-
-    The checkpoint carries the run's resolved config (``vaelab_config``), so the model and data
-    are rebuilt exactly (``hydra.utils.instantiate``), and the weights are the LightningModule's
-    ``model.*`` entries. The file is read weights-only (:func:`read_checkpoint`; no pickle unless
-    ``trust``), and the stored config may name only the targets :mod:`vaelab.safe_config` allows
-    (it is data: instantiating an arbitrary ``_target_`` would run code).
-
-    Args:
-        path: a run folder (``logs/train/runs/<run>``; see :func:`run_checkpoint` for which
-            checkpoint it stands for) or a ``.ckpt`` file of one.
-        data_dir: this machine's data folder, replacing the one recorded in the run's config
-            (``None`` keeps it).
-        trust: allow full unpickling, for a file you trust (``trust_checkpoint=true``).
-        trusted: targets the stored config may instantiate beyond vaelab's own
-            (``trusted_targets=[...]`` on the command line; see :mod:`vaelab.safe_config`).
-
-    Raises:
-        CheckpointError: missing, corrupt or unsafe file; not written by ``vaelab-train``; weights
-            that are not finite or do not fit the model the config describes.
-        vaelab.safe_config.UntrustedConfigError: the stored config names a target that is not
-            allowed.
-
-    Example:
-        >>> run = vaelab.load_run("logs/train/runs/2026-01-01_12-00-00")  # doctest: +SKIP
-        >>> run.model.log_likelihood(run.datamodule.batch("test", 10), 100)  # doctest: +SKIP
-    """
-    ckpt_path = run_checkpoint(path)
-    ckpt = read_checkpoint(ckpt_path, trust=trust)
-    if "vaelab_config" not in ckpt:
-        raise CheckpointError(
-            f"{ckpt_path} has no vaelab_config: it was not written by vaelab-train, so the model "
-            "cannot be rebuilt from it"
-        )
-    bad = non_finite_weights(ckpt["state_dict"])
-    if bad:
-        raise CheckpointError(
-            f"{ckpt_path} holds weights that are not finite ({', '.join(bad[:3])}"
-            f"{', ...' if len(bad) > 3 else ''}); its figures would be NaN. Use an earlier "
-            "checkpoint of the run (checkpoints/best-*.ckpt, or the last good last.ckpt)"
-        )
-    config = stored_config(ckpt, trusted, str(ckpt_path))  # checked targets only
-    if data_dir is not None:
-        config.data.data_dir = str(data_dir)
-    datamodule = instantiate(config.data)
-    model = instantiate(config.model)
-    state = {
-        k.removeprefix("model."): v for k, v in ckpt["state_dict"].items() if k.startswith("model.")
-    }
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as err:
-        raise CheckpointError(
-            f"{ckpt_path}: the weights do not fit the model its config describes ({err})"
-        ) from err
-    model.eval()
-    folder = Path(path).expanduser()
-    folder = folder if folder.is_dir() else ckpt_path.parent.parent  # <run>/checkpoints/x.ckpt
-    metrics = _read_metrics(folder / "metrics.json")
-    return LoadedRun(model, datamodule, config, metrics, ckpt, ckpt_path)
-
-
 __all__ = [
-    "JOB_FREE",
-    "RESUME_FREE",
-    "RESUME_KEYS",
     "TRUST_OPTION",
     "AtomicCheckpointIO",
     "CheckpointError",
     "DiskFullError",
-    "LoadedRun",
     "atomic_write",
     "atomic_write_text",
     "checkpoint_paths",
     "clean_partial_files",
-    "config_differences",
     "device_of",
-    "find_resume_checkpoint",
     "finite_checkpoint_note",
-    "job_identity_differences",
-    "load_run",
     "non_finite_weights",
     "read_checkpoint",
-    "run_checkpoint",
 ]

@@ -29,9 +29,10 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig
 
 from vaelab.callbacks.eval_progress import EvaluationProgressLog
-from vaelab.checkpoints import AtomicCheckpointIO, load_run
+from vaelab.checkpoints import AtomicCheckpointIO
 from vaelab.config import config_dir, register_resolvers
 from vaelab.config_check import check_values
+from vaelab.runs import load_run
 from vaelab.safe_config import trusted_from
 from vaelab.stop import check_num_samples, stop_on_sigterm
 from vaelab.tasks import TaskRecord, metrics_path, short_errors, task_wrapper

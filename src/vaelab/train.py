@@ -29,9 +29,6 @@ from vaelab.checkpoints import (
     AtomicCheckpointIO,
     CheckpointError,
     checkpoint_paths,
-    config_differences,
-    describe_differences,
-    find_resume_checkpoint,
     read_checkpoint,
 )
 from vaelab.config import config_dir, register_resolvers
@@ -40,6 +37,7 @@ from vaelab.distributed import hydra_ddp_jobs
 from vaelab.extras import check_command_line
 from vaelab.lit import GenerativeModule
 from vaelab.loggers import continue_wandb_runs, finish_loggers, is_wandb_logger_config
+from vaelab.resume import config_differences, describe_differences, find_resume_checkpoint
 from vaelab.stop import stop_on_sigterm
 from vaelab.tasks import TaskRecord, short_errors, task_wrapper
 from vaelab.training import quiet_lightning

@@ -8,7 +8,7 @@ import torch
 from omegaconf import OmegaConf
 
 from tests.conftest import compose_train
-from vaelab.checkpoints import find_resume_checkpoint
+from vaelab.resume import find_resume_checkpoint
 
 
 def job_config(tmp_path: Path, clip: float) -> dict:

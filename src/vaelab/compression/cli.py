@@ -43,12 +43,13 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
-from vaelab.checkpoints import atomic_write, load_run
+from vaelab.checkpoints import atomic_write
 from vaelab.compression import fileformat
 from vaelab.compression.bbans import CoderSettings, DecodeError, check_binary, decode, encode
 from vaelab.compression.chain import LatentChain
 from vaelab.config import config_dir, register_resolvers
 from vaelab.config_check import check_values
+from vaelab.runs import load_run
 from vaelab.safe_config import trusted_from
 from vaelab.tasks import TaskRecord, short_errors, task_wrapper
 from vaelab.units import bits_per_dim

@@ -146,7 +146,9 @@ class LearnedSchedule(NoiseSchedule):
     Args:
         hidden: width ``n`` of the sigmoid layer (paper: 1024); 0: no sigmoid layer, the
             linear schedule (the paper's fixed baseline when the endpoints are fixed too).
-        gamma_min, gamma_max, learn_endpoints: as ``NoiseSchedule``.
+        gamma_min: ``gamma(0)``, as ``NoiseSchedule``.
+        gamma_max: ``gamma(1)``, as ``NoiseSchedule``.
+        learn_endpoints: learn ``gamma(0)`` and ``gamma(1)``, as ``NoiseSchedule``.
     """
 
     def __init__(

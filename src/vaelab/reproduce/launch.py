@@ -17,7 +17,6 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from vaelab.checkpoints import config_differences
 from vaelab.reproduce.rows import (
     ROW_GROUP,
     RUN_ONLY_KEYS,
@@ -32,6 +31,7 @@ from vaelab.reproduce.rows import (
     row_state,
 )
 from vaelab.reproduce.tables import Budget, ReproduceError, Row, Table
+from vaelab.resume import config_differences
 
 PACKAGES = ("vaelab", "torch", "lightning", "hydra-core", "numpy")
 
