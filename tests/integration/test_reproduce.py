@@ -701,11 +701,11 @@ def test_reproduced_over_seeds_allows_the_tolerance_plus_two_seed_standard_error
         return reproduced_over_seeds(table, budget, res, "compress/bpd", res.stats("compress/bpd"))
 
     inside = [0.1940, 0.1942, 0.1938]
-    assert cell(inside).startswith("yes (|ours − published| 0.00400 vs ")
+    assert cell(inside).startswith("yes (distance to published 0.00400, tolerance + 2 s.e. ")
     edge = [0.1950, 0.1952, 0.1954]  # mean 0.1952: 0.0002 beyond 0.005, s.e. 0.000115
     se = statistics.stdev(edge) / 3**0.5
     assert 2 * se >= 0.0052 - 0.005
     assert cell(edge).startswith("yes")
     far = [0.1970, 0.1971, 0.1969]
-    assert cell(far) == "no (|ours − published| 0.00700 vs tolerance + 2 s.e. 0.00512)"
+    assert cell(far) == "no (distance to published 0.00700, tolerance + 2 s.e. 0.00512)"
     assert cell(inside, status="failed: x") == "—"

@@ -83,7 +83,8 @@ def reproduced_over_seeds(
     d = digits_for(metric) + 1
     gap, allowed = abs(stats.mean - pub), tol + 2 * stats.seed_se
     verdict = "yes" if gap <= allowed else "no"
-    return f"{verdict} (|ours − published| {gap:.{d}f} vs tolerance + 2 s.e. {allowed:.{d}f})"
+    # no "|" in the text: it sits in a Markdown table cell
+    return f"{verdict} (distance to published {gap:.{d}f}, tolerance + 2 s.e. {allowed:.{d}f})"
 
 
 @dataclass

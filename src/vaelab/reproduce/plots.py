@@ -189,9 +189,9 @@ def plot_rate_distortion(
         f"{table.name} (budget {budget.name}): test rate vs distortion\n"
         "grey: R + D = -ELBO = const, every 20 nats"
         + (
-            f"; mean over {max(len(r.ok) for r in results)} seeds ± 1 s.e. over seeds"
+            f"\nmean over up to {max(len(r.ok) for r in results)} seeds, ± 1 s.e. over seeds"
             if seeded
-            else "; ± 1 s.e. over test images"
+            else "\n± 1 s.e. over test images"
         ),
         fontsize=10,
     )
