@@ -22,6 +22,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from vaelab.config import config_dir
+
 #: module -> (pip package, vaelab extra)
 PACKAGES = {
     "wandb": ("wandb", "wandb"),
@@ -64,7 +66,7 @@ def require(module: str, what: str) -> None:
 
 
 def _uses_optuna(search: str) -> bool:
-    packaged = Path(__file__).resolve().parent / "conf" / "hparams_search" / f"{search}.yaml"
+    packaged = Path(config_dir()) / "hparams_search" / f"{search}.yaml"
     return packaged.is_file() and "hydra/sweeper: optuna" in packaged.read_text()
 
 
