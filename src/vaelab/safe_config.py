@@ -52,6 +52,7 @@ TRUSTED_BASES: dict[str, str | None] = {
     "vaelab.nn.": "torch.nn.Module",
     "vaelab.objectives.": "torch.nn.Module",
     "vaelab.optim.iwae_schedule": None,
+    "vaelab.runlock.RunDirLockCallback": None,  # conf/hydra: a Hydra callback taking a lock
     "torch.optim.": "torch.optim.Optimizer",
     "torch.optim.lr_scheduler.": "torch.optim.lr_scheduler.LRScheduler",
     "torch.nn.": "torch.nn.Module",

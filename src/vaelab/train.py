@@ -279,8 +279,10 @@ def fit_and_test(
         lg.log_hyperparams(run_config)
     if cfg.get("train", True):
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
-        metrics.update(module.last_train_metrics)  # train/*, as last written to the loggers
         metrics.update(to_float_dict(trainer.callback_metrics))
+        # After callback_metrics, whose train/loss is that of the last *logging* step (step 0 in a
+        # run shorter than trainer.log_every_n_steps): train/* of the last step taken.
+        metrics.update(module.final_train_metrics())
         fit_ckpts.update(checkpoint_paths(trainer))
     train_seconds = time.perf_counter() - record.started
     if cfg.get("test", True):
