@@ -51,19 +51,24 @@ def readme_section(reports_root: Path) -> str:
             "",
             f"### {meta['title']}",
             "",
-            f"Budget **{meta['budget']}**" + (f": {meta['about']}." if meta.get("about") else "."),
-            "",
-            *([f"Evaluation: {meta['eval']}.", ""] if meta.get("eval") else []),
-            *([f"Data: {meta['data']}.", ""] if meta.get("data") else []),
-            *(
+            # one paragraph: budget, evaluation, data protocol, seeds (the README stays short)
+            " ".join(
                 [
-                    f"Seeds: {meta['seeds']} a row; ours = mean over seeds ± s.e. over seeds "
-                    "(stdev, ddof=1, / sqrt(n)).",
-                    "",
+                    f"Budget **{meta['budget']}**"
+                    + (f": {meta['about']}." if meta.get("about") else "."),
+                    *([f"Evaluation: {meta['eval']}."] if meta.get("eval") else []),
+                    *([f"Data: {meta['data']}."] if meta.get("data") else []),
+                    *(
+                        [
+                            f"Seeds: {meta['seeds']} a row; ours = mean over seeds ± s.e. over "
+                            "seeds (stdev, ddof=1, / sqrt(n))."
+                        ]
+                        if (meta.get("seeds") or 1) > 1
+                        else []
+                    ),
                 ]
-                if (meta.get("seeds") or 1) > 1
-                else []
             ),
+            "",
             f"Command: {commands}. Report of {meta['written']}, table wall time "
             f"{wall(meta.get('wall_seconds'))}, code {', '.join(meta.get('commits', [])) or '—'}. "
             f"[Full report]({(folder / 'report.md').as_posix()}).",
