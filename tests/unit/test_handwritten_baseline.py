@@ -80,7 +80,7 @@ def test_handwritten_vdm_imports_no_vaelab_code_and_computes_vaelabs_loss() -> N
     import handwritten_vdm
 
     from vaelab.models import VDM
-    from vaelab.models.vdm import LearnedSchedule
+    from vaelab.models.schedules import LearnedSchedule
     from vaelab.nn import NoiseMLP
 
     tree = ast.parse((REPO / "benchmarks" / "handwritten_vdm.py").read_text())

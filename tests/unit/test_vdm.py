@@ -13,7 +13,7 @@ import torch
 
 from vaelab.distributions.diffusion import candidate_values, z0_decoder
 from vaelab.models import VDM
-from vaelab.models.vdm import LearnedSchedule, LinearSchedule
+from vaelab.models.schedules import LearnedSchedule, LinearSchedule
 from vaelab.nn import NoiseMLP, UNet
 from vaelab.units import bits_per_dim
 

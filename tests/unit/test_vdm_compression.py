@@ -14,7 +14,7 @@ pytest.importorskip("constriction")
 from vaelab.compression import CoderSettings, NotCompressibleError, decode, encode
 from vaelab.compression.diffusion_chain import DiffusionChain
 from vaelab.models import VDM
-from vaelab.models.vdm import LearnedSchedule
+from vaelab.models.schedules import LearnedSchedule
 from vaelab.nn import NoiseMLP
 
 SHAPE = (1, 4, 4)
