@@ -94,6 +94,8 @@ def test_every_table_at_smoke_budget(name: str, tmp_path: Path, fake_mnist: Path
         assert png.is_file() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     ledger = json.loads((out / "reproduce.json").read_text())
     assert [s["exit_status"] for s in ledger["sittings"]] == [0]
+    record = json.loads((out / "metrics.json").read_text())  # the command's own record
+    assert record["status"] == "ok" and record["table"] == name, record
     if name == "beta_rd":  # README results come from the committed reports, not typed
         reports = tmp_path / "reports" / name / "smoke"
         reports.mkdir(parents=True)

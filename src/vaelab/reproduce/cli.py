@@ -53,6 +53,7 @@ from omegaconf import DictConfig, OmegaConf
 from vaelab.config import config_dir
 from vaelab.config_check import check_reproduce_paths
 from vaelab.reproduce.launch import (
+    Plan,
     _now,
     describe_plan,
     git_commit,
@@ -62,7 +63,16 @@ from vaelab.reproduce.launch import (
 )
 from vaelab.reproduce.readme import write_readme
 from vaelab.reproduce.report import build_report
-from vaelab.reproduce.tables import ReproduceError, compose_config, load_table, table_names
+from vaelab.reproduce.tables import (
+    Budget,
+    ReproduceError,
+    Row,
+    Table,
+    compose_config,
+    load_table,
+    table_names,
+)
+from vaelab.tasks import TaskRecord, task_wrapper
 
 USAGE = """usage: vaelab-reproduce table=<table> budget=<budget> [rows=[id,...]] [report_only=true]
                         [seeds=N] [retry_failed=true] [out_dir=DIR] [report_dir=DIR]
@@ -118,50 +128,76 @@ def reproduce(argv: Sequence[str]) -> int:
         )
     given = any(a.lstrip("+").startswith("out_dir=") for a in argv)  # paths stay inside logs/
     check_reproduce_paths(str(cfg.table), budget.name, [r.id for r in rows], cfg.out_dir, given)
-    out_dir = Path(cfg.out_dir)
-    data_dir = _data_dir(passthrough)
-    env = [f"{k}={os.environ[k]}" for k in ("OMP_NUM_THREADS",) if k in os.environ]
-    command = " ".join([*env, shlex.join(["vaelab-reproduce", *argv])])
-    t0 = time.time()
-    launched = False
-    rc = 0
-    if not cfg.report_only:
+    plan = None
+    if not cfg.report_only:  # checks every row (a missing experiment, ...) before anything runs
         plan = plan_table(
             table,
             budget,
             rows,
-            out_dir,
+            Path(cfg.out_dir),
             passthrough,
-            data_dir,
+            _data_dir(passthrough),
             retry_failed=cfg.retry_failed,
             seeds=seeds,
         )
         for rid, action in plan.actions.items():
             print(f"vaelab-reproduce: {table.name}/{budget.name} row {rid}: {action}", flush=True)
-        if cfg.dry_run:
+        if cfg.dry_run:  # prints the plan; nothing is written
             for line in describe_plan(plan, passthrough):
                 print(f"vaelab-reproduce: {line}", flush=True)
             return 0
-        started, commit = _now(), git_commit()
-        if plan.to_run:
-            launched = True
-            try:
-                rc = run_plan(plan, passthrough)
-            finally:
-                record_sitting(
-                    out_dir,
-                    {
-                        "started": started,
-                        "finished": _now(),
-                        "seconds": round(time.time() - t0, 1),
-                        "launched": launched,
-                        "command": command,
-                        "actions": plan.actions,
-                        "git_commit": commit,
-                        "exit_status": rc,
-                    },
-                )
+    return run_table(cfg, argv, passthrough, table, budget, rows, seeds, plan)
+
+
+@task_wrapper(path=lambda cfg: Path(cfg.out_dir) / "metrics.json")
+def run_table(
+    cfg: DictConfig,
+    record: TaskRecord,
+    argv: Sequence[str],
+    passthrough: list[str],
+    table: Table,
+    budget: Budget,
+    rows: list[Row],
+    seeds: int,
+    plan: Plan | None,
+) -> int:
+    """Launch a planned table (``plan``; None: report only) and write its report.
+    ``<out_dir>/metrics.json`` records the sitting's status (``vaelab.tasks.task_wrapper``, as
+    every command), and the out_dir is held while it runs."""
+    out_dir = Path(cfg.out_dir)
     report_dir = Path(cfg.report_dir) if cfg.get("report_dir") else None
+    rc = 0
+    record.fields = lambda: {
+        "table": table.name,
+        "budget": budget.name,
+        "seeds": seeds,
+        "rows": [r.id for r in rows],
+        "jobs_exit_status": rc,
+        "report": str((report_dir or out_dir) / "report.md"),
+        "seconds": record.seconds(),
+    }
+    data_dir = _data_dir(passthrough)
+    env = [f"{k}={os.environ[k]}" for k in ("OMP_NUM_THREADS",) if k in os.environ]
+    command = " ".join([*env, shlex.join(["vaelab-reproduce", *argv])])
+    t0 = time.time()
+    if plan is not None and plan.to_run:
+        started, commit = _now(), git_commit()
+        try:
+            rc = run_plan(plan, passthrough)
+        finally:
+            record_sitting(
+                out_dir,
+                {
+                    "started": started,
+                    "finished": _now(),
+                    "seconds": round(time.time() - t0, 1),
+                    "launched": True,
+                    "command": command,
+                    "actions": plan.actions,
+                    "git_commit": commit,
+                    "exit_status": rc,
+                },
+            )
     text, _ = build_report(
         table,
         budget,
@@ -175,6 +211,8 @@ def reproduce(argv: Sequence[str]) -> int:
     )
     print(text)
     print(f"vaelab-reproduce: report in {report_dir or out_dir}/report.md, report.csv")
+    if rc:
+        record.status = f"failed: a job of the table exited with status {rc} (see the report)"
     return rc
 
 
