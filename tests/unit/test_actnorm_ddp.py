@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import torch
@@ -12,6 +14,8 @@ import torch.multiprocessing as mp
 from torch import nn
 
 from vaelab.flows import ActNorm
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 class Net(nn.Module):
@@ -58,11 +62,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def run_ddp(out: str) -> None:
+    """Two forked ranks (spawn would re-import torch in each: ~30 s on CI)."""
+    mp.start_processes(worker, args=(free_port(), out), nprocs=2, join=True, start_method="fork")
+
+
 def test_actnorm_parameters_equal_on_both_ranks_after_the_first_ddp_step(tmp_path: Path) -> None:
-    # fork: the children need no fresh interpreter (spawn re-imports torch: ~30 s on CI)
-    mp.start_processes(
-        worker, args=(free_port(), str(tmp_path)), nprocs=2, join=True, start_method="fork"
-    )
+    # The ranks fork from a fresh interpreter: torch refuses to fork a process whose autograd
+    # engine already runs threads, which a test worker that ran earlier tests may have.
+    code = f"from tests.unit.test_actnorm_ddp import run_ddp; run_ddp({str(tmp_path)!r})"
+    subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, timeout=600)
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
     for key in ("norm.bias", "norm.log_scale", "lin.weight"):
         torch.testing.assert_close(r0[key], r1[key], rtol=0, atol=0, msg=key)
