@@ -15,33 +15,9 @@ import pytest
 import torch
 
 from tests.conftest import compose_train
+from tests.helpers.disk_full import FillsUp
 from vaelab.checkpoints import read_checkpoint
 from vaelab.train import train
-
-
-class FillsUp:
-    """A file on a disk that fills up after ``room`` bytes: the next write raises ENOSPC."""
-
-    def __init__(self, f, room: int) -> None:
-        self._f, self.room = f, room
-
-    def write(self, data) -> int:
-        data = bytes(data)
-        if len(data) > self.room:
-            self._f.write(data[: self.room])
-            self.room = 0
-            raise OSError(errno.ENOSPC, "No space left on device")
-        self.room -= len(data)
-        return self._f.write(data)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._f.close()
-
-    def __getattr__(self, name):
-        return getattr(self._f, name)
 
 
 def disk_full_from_write(monkeypatch: pytest.MonkeyPatch, first_failing: int) -> list[int]:
@@ -57,7 +33,7 @@ def disk_full_from_write(monkeypatch: pytest.MonkeyPatch, first_failing: int) ->
         if mode == "xb" and ".vaelab-partial~" in str(path):
             count[0] += 1
             if count[0] >= first_failing:
-                return FillsUp(f, room=4096)
+                return FillsUp(f, room=4096)  # tests/helpers/disk_full.py
         return f
 
     monkeypatch.setattr(vaelab.checkpoints, "open", fake_open, raising=False)
